@@ -1,0 +1,138 @@
+//! [`MemoryBroker`]: the single-node broker.
+//!
+//! Publications go into bounded dispatch queues, one per dispatcher task, chosen by a hash
+//! of the channel; each dispatcher hands them to the node's handler in order. So:
+//! - `publish` returns as soon as the publication is queued: an HTTP publish never waits for
+//!   a large fan-out, and when every queue is full it waits for room (backpressure) rather
+//!   than buffer without bound;
+//! - one channel always maps to the same dispatcher, which keeps per-channel order and never
+//!   runs two handler calls for one channel at once;
+//! - channels spread over several dispatchers, so large fan-outs use every core.
+//!
+//! Delivery is exactly once within the process; there is no outage. `subscribe` and
+//! `unsubscribe` have nothing to do: every publication reaches the local handler, which
+//! ignores channels without subscribers.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use herald_protocol::ChannelName;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::{Broker, BrokerError, BrokerHandler, BrokerHealth, Control};
+use crate::publication::Publication;
+
+/// One unit of work for a dispatcher.
+enum Dispatch {
+    Publication(Arc<Publication>),
+    Control(Control),
+}
+
+/// The in-process broker.
+pub struct MemoryBroker {
+    /// One sender per dispatcher.
+    senders: Vec<mpsc::Sender<Dispatch>>,
+    /// The receivers, until `start` moves them into the dispatcher tasks.
+    receivers: Mutex<Vec<mpsc::Receiver<Dispatch>>>,
+    /// The dispatcher tasks, aborted when the broker is dropped.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker")
+            .field("dispatchers", &self.senders.len())
+            .finish()
+    }
+}
+
+impl MemoryBroker {
+    /// A broker with `dispatchers` tasks (at least 1), each with a queue of `queue` entries.
+    pub fn new(dispatchers: usize, queue: usize) -> Self {
+        let (senders, receivers) = (0..dispatchers.max(1))
+            .map(|_| mpsc::channel(queue.max(1)))
+            .unzip();
+        Self {
+            senders,
+            receivers: Mutex::new(receivers),
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A broker with one dispatcher per available core and 4096-entry queues.
+    pub fn with_defaults() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self::new(cores, 4096)
+    }
+
+    fn sender_for(&self, app_id: &str, channel: &ChannelName) -> &mpsc::Sender<Dispatch> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        app_id.hash(&mut h);
+        channel.as_str().hash(&mut h);
+        &self.senders[(h.finish() as usize) % self.senders.len()]
+    }
+}
+
+impl Drop for MemoryBroker {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn start(&self, handler: Arc<dyn BrokerHandler>) -> Result<(), BrokerError> {
+        let receivers = std::mem::take(&mut *self.receivers.lock());
+        let mut tasks = self.tasks.lock();
+        for mut rx in receivers {
+            let handler = handler.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(64);
+                while rx.recv_many(&mut batch, 64).await > 0 {
+                    for item in batch.drain(..) {
+                        match item {
+                            Dispatch::Publication(p) => handler.handle_publication(p),
+                            Dispatch::Control(c) => handler.handle_control(c),
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, publication: Publication) -> Result<(), BrokerError> {
+        let sender = self.sender_for(&publication.app_id, &publication.channel);
+        sender
+            .send(Dispatch::Publication(Arc::new(publication)))
+            .await
+            .map_err(|_| BrokerError::Closed)
+    }
+
+    async fn control(&self, control: Control) -> Result<(), BrokerError> {
+        self.senders[0]
+            .send(Dispatch::Control(control))
+            .await
+            .map_err(|_| BrokerError::Closed)
+    }
+
+    async fn subscribe(&self, _app_id: &str, _channel: &ChannelName) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _app_id: &str, _channel: &ChannelName) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    fn health(&self) -> BrokerHealth {
+        BrokerHealth::Healthy
+    }
+}

@@ -1,0 +1,54 @@
+//! The heartbeat: one task per node that pings idle connections and closes silent ones.
+//!
+//! One sweep over the registry replaces a timer per connection: a timer costs memory in every
+//! connection's task and a wake-up per connection per interval, while a sweep costs one
+//! atomic read per connection per period. A connection silent for `ping_interval` gets a
+//! protocol ping; one silent for `activity_timeout` is closed with 4201.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use herald_protocol::CloseCode;
+
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::outbound::OutItem;
+
+/// Run sweeps until the node is dropped.
+pub(crate) async fn run(node: Weak<Node>) {
+    let period = match node.upgrade() {
+        Some(n) => sweep_period(n.limits.ping_interval),
+        None => return,
+    };
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        sweep(&node);
+    }
+}
+
+/// A quarter of the ping interval, between 50 ms and 1 s: timing is accurate to that.
+fn sweep_period(ping_interval: Duration) -> Duration {
+    (ping_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// Ping idle connections and close silent ones.
+pub(crate) fn sweep(node: &Node) {
+    let now = node.clock.now_ms();
+    let ping = node.limits.ping_interval.as_millis() as u64;
+    let timeout = node.limits.activity_timeout.as_millis() as u64;
+    node.sessions.for_each(|h| {
+        let idle = now.saturating_sub(h.last_activity_ms());
+        if idle >= timeout {
+            if h.closing().is_none() {
+                Metrics::inc(&node.metrics.activity_timeouts);
+                h.close(CloseCode::ActivityTimeout);
+            }
+        } else if idle >= ping && now.saturating_sub(h.last_ping_ms()) >= ping {
+            h.mark_pinged(now);
+            h.push_control(OutItem::Ping);
+        }
+    });
+}

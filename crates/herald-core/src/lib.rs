@@ -1,0 +1,59 @@
+//! Herald's engine: everything between the bytes a transport receives and the bytes it
+//! writes, with no I/O of its own.
+//!
+//! This crate never depends on HTTP, TLS or a concrete broker client, and never reads
+//! files or the environment: the server crate hands it settings and backends.
+//!
+//! # Layout
+//! - [`node`]: [`Node`], the composition root: connect, publish, direct sends, queries, drain.
+//! - [`session`]: [`Session`], one connection's state and operations; protocol adapters in
+//!   `session/` parse requests and encode replies.
+//! - [`hub`]: local subscriptions per app and the fan-out of a publication.
+//! - [`outbound`]: [`SessionHandle`], a connection's bounded outbound queue.
+//! - [`publication`]: [`Publication`] and [`DirectMessage`], encoded once per protocol.
+//! - [`wire`]: the per-protocol encodings of server messages.
+//! - [`broker`]: the [`Broker`] trait and its contract; [`broker::memory`] for one node.
+//! - [`presence`]: the [`PresenceManager`] trait; [`presence::memory`] for one node.
+//! - [`auth`]: token verification and channel authorisation.
+//! - [`settings`]: per-app and per-node settings, with every default.
+//! - [`heartbeat`]: pings idle connections and closes silent ones.
+//! - [`registry`], [`metrics`], [`ratelimit`], [`pattern`], [`ids`], [`clock`], [`secret`],
+//!   [`raw_json`], [`refusal`]: small supporting types.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod clock;
+pub mod heartbeat;
+pub mod hub;
+pub mod ids;
+pub mod metrics;
+pub mod node;
+pub mod outbound;
+pub mod pattern;
+pub mod presence;
+pub mod publication;
+pub mod ratelimit;
+pub mod raw_json;
+pub mod refusal;
+pub mod registry;
+pub mod secret;
+pub mod session;
+pub mod settings;
+pub mod wire;
+
+pub use app::App;
+pub use broker::Broker;
+pub use metrics::Metrics;
+pub use node::{ConnectRefusal, ConnectRequest, Node, PublishRequest};
+pub use outbound::{OutItem, SessionHandle};
+pub use presence::PresenceManager;
+pub use publication::{DirectMessage, Publication};
+pub use raw_json::RawJson;
+pub use refusal::Refusal;
+pub use secret::Secret;
+pub use session::Session;
+pub use settings::{AppSettings, NodeLimits};
+pub use wire::Protocol;

@@ -1,0 +1,713 @@
+//! [`Node`]: the composition root of the core. It owns the apps, the broker, the presence
+//! manager, the metrics and the registry of live connections, and offers the operations the
+//! transports and the HTTP API need: connect, publish, direct sends, disconnects, channel
+//! queries and drain.
+//!
+//! Publishing always goes through the broker, even on one node; the node is also the
+//! broker's [`BrokerHandler`], which delivers to local connections.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+
+use herald_protocol::{ChannelName, CloseCode, ErrorCode, SocketId};
+use parking_lot::Mutex;
+use tracing::warn;
+
+use crate::app::{App, AppRegistry};
+use crate::broker::{Broker, BrokerHandler, BrokerHealth, Control};
+use crate::clock::{NodeClock, unix_ms};
+use crate::heartbeat;
+use crate::hub::Hub;
+use crate::ids::IdGenerator;
+use crate::metrics::Metrics;
+use crate::outbound::{QueueLimits, SessionHandle};
+use crate::presence::PresenceManager;
+use crate::publication::{DirectMessage, Member, Payload, Publication};
+use crate::raw_json::RawJson;
+use crate::refusal::Refusal;
+use crate::session::Session;
+use crate::settings::{AppSettings, NodeLimits};
+use crate::wire::Protocol;
+
+/// What a transport knows about a connection attempt.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest<'a> {
+    /// The app key from the URL.
+    pub app_key: &'a str,
+    /// The connection token, from the query string or `Authorization` header.
+    pub token: Option<&'a str>,
+    /// The `Origin` header, if the client sent one (browsers always do).
+    pub origin: Option<&'a str>,
+    /// The client's IP address (after trusted-proxy resolution).
+    pub ip: IpAddr,
+    /// The protocol the client speaks.
+    pub protocol: Protocol,
+}
+
+/// A refused connection: the error to report and the close code to end it with.
+#[derive(Debug, Clone)]
+pub struct ConnectRefusal {
+    /// The catalogue error.
+    pub refusal: Refusal,
+    /// The WebSocket close code (which tells the client whether to retry).
+    pub close: CloseCode,
+}
+
+impl ConnectRefusal {
+    fn new(
+        code: ErrorCode,
+        close: CloseCode,
+        message: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            refusal: Refusal::new(code, message),
+            close,
+        }
+    }
+}
+
+/// A publish request from the API, already parsed.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// Channel names, not yet validated.
+    pub channels: Vec<String>,
+    /// The event name.
+    pub event: String,
+    /// The event data.
+    pub data: RawJson,
+    /// A connection that must not receive it.
+    pub exclude: Option<SocketId>,
+}
+
+/// The result of an accepted publish.
+#[derive(Debug, Clone)]
+pub struct PublishReceipt {
+    /// The message id, shared by all channels of this publish.
+    pub id: Arc<str>,
+    /// The channels it was published to.
+    pub channels: Vec<ChannelName>,
+}
+
+/// What the API reports about one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// The channel name.
+    pub name: ChannelName,
+    /// Connections subscribed on this node.
+    pub subscribers: usize,
+    /// Distinct users present, for presence channels.
+    pub presence_members: Option<usize>,
+}
+
+/// A point-in-time summary for `/status`.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// Realtime connections open.
+    pub connections: usize,
+    /// Channels with local subscribers, over all apps.
+    pub channels: i64,
+    /// Subscriptions held.
+    pub subscriptions: i64,
+    /// Messages received from clients since start.
+    pub messages_in: u64,
+    /// Messages written to clients since start.
+    pub messages_out: u64,
+    /// Publications accepted since start.
+    pub messages_published: u64,
+    /// The broker's name and health.
+    pub broker: (&'static str, BrokerHealth),
+    /// Whether the node is draining (shutting down).
+    pub draining: bool,
+}
+
+/// The longest accepted event name, in bytes.
+pub const MAX_EVENT_NAME_LEN: usize = 200;
+
+/// The core of one Herald process.
+pub struct Node {
+    /// Every app.
+    pub apps: AppRegistry,
+    /// Node-wide limits and timing.
+    pub limits: NodeLimits,
+    /// Moves publications between nodes (and to this one).
+    pub broker: Arc<dyn Broker>,
+    /// Tracks presence members.
+    pub presence: Arc<dyn PresenceManager>,
+    /// The node's metrics, shared with the transports and the admin endpoint.
+    pub metrics: Arc<Metrics>,
+    /// Live connections.
+    pub sessions: crate::registry::SessionRegistry,
+    /// Monotonic clock for activity tracking.
+    pub clock: NodeClock,
+    /// Message and socket id generator.
+    pub ids: IdGenerator,
+    /// Connections held now, against `limits.max_connections`.
+    connections: AtomicU32,
+    /// Connections held now per client IP, against `limits.max_connections_per_ip`.
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Set when shutdown starts: no new connections are admitted.
+    draining: AtomicBool,
+    /// Background tasks (heartbeat), aborted on drop.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("apps", &self.apps.all().len())
+            .field("broker", &self.broker.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Delivers what the broker hands over to this node's connections. Holds the node weakly
+/// so the broker's tasks never keep a dropped node alive.
+struct Delivery(Weak<Node>);
+
+impl BrokerHandler for Delivery {
+    fn handle_publication(&self, publication: Arc<Publication>) {
+        let Some(node) = self.0.upgrade() else { return };
+        if let Some(app) = node.apps.by_id(&publication.app_id) {
+            app.hub.broadcast(&publication, &node.metrics);
+        }
+    }
+
+    fn handle_control(&self, control: Control) {
+        let Some(node) = self.0.upgrade() else { return };
+        match control {
+            Control::SendToUser {
+                app_id,
+                user_id,
+                message,
+            } => {
+                for handle in node.sessions.user_sessions(&app_id, &user_id) {
+                    Hub::send_direct(&handle, &message, &node.metrics);
+                }
+            }
+            Control::SendToSocket {
+                app_id,
+                socket_id,
+                message,
+            } => {
+                if let Some(handle) = node.sessions.get(socket_id)
+                    && handle.app_id == app_id
+                {
+                    Hub::send_direct(&handle, &message, &node.metrics);
+                }
+            }
+            Control::DisconnectUser {
+                app_id,
+                user_id,
+                code,
+            } => {
+                for handle in node.sessions.user_sessions(&app_id, &user_id) {
+                    handle.close(code);
+                }
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Build the node, start the broker's delivery and the heartbeat. Must run inside a
+    /// tokio runtime. Fails on invalid app settings (duplicate ids, bad keys).
+    pub fn start(
+        limits: NodeLimits,
+        apps: Vec<AppSettings>,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceManager>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, String> {
+        let node = Arc::new(Self {
+            apps: AppRegistry::new(apps)?,
+            limits,
+            broker,
+            presence,
+            metrics,
+            sessions: crate::registry::SessionRegistry::new(),
+            clock: NodeClock::new(),
+            ids: IdGenerator::new(),
+            connections: AtomicU32::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        });
+        node.broker
+            .start(Arc::new(Delivery(Arc::downgrade(&node))))
+            .map_err(|e| format!("cannot start the {} broker: {e}", node.broker.name()))?;
+        let heartbeat = tokio::spawn(heartbeat::run(Arc::downgrade(&node)));
+        node.tasks.lock().push(heartbeat);
+        Ok(node)
+    }
+
+    /// Admit a new connection: find the app, check origin, token and limits, register it.
+    pub fn connect(self: &Arc<Self>, req: ConnectRequest<'_>) -> Result<Session, ConnectRefusal> {
+        let refused = |r: ConnectRefusal| {
+            Metrics::inc(&self.metrics.connections_rejected);
+            Err(r)
+        };
+        if self.draining.load(Ordering::Acquire) {
+            return refused(ConnectRefusal::new(
+                ErrorCode::TooManyConnections,
+                CloseCode::GoingAway,
+                "server is shutting down",
+            ));
+        }
+        let Some(app) = self.apps.by_key(req.app_key).cloned() else {
+            return refused(ConnectRefusal::new(
+                ErrorCode::UnknownApp,
+                CloseCode::UnknownApp,
+                format!("no app has the key {:?}", truncate(req.app_key, 64)),
+            ));
+        };
+        if !app.settings.enabled {
+            return refused(ConnectRefusal::new(
+                ErrorCode::AppDisabled,
+                CloseCode::AppDisabled,
+                "app is disabled",
+            ));
+        }
+        if let Some(origin) = req.origin
+            && !app.allows_origin(origin)
+        {
+            return refused(ConnectRefusal::new(
+                ErrorCode::OriginNotAllowed,
+                CloseCode::OriginNotAllowed,
+                format!("origin {:?} is not allowed", truncate(origin, 128)),
+            ));
+        }
+        let identity = match req.token {
+            Some(token) => match app.verifier.connection(token) {
+                Ok(identity) => Some(Arc::new(identity)),
+                Err(refusal) => {
+                    let close = if refusal.code == ErrorCode::TokenExpired {
+                        CloseCode::TokenExpired
+                    } else {
+                        CloseCode::Unauthorized
+                    };
+                    return refused(ConnectRefusal { refusal, close });
+                }
+            },
+            None if app.settings.require_token => {
+                return refused(ConnectRefusal::new(
+                    ErrorCode::Unauthorized,
+                    CloseCode::Unauthorized,
+                    "this app requires a connection token",
+                ));
+            }
+            None => None,
+        };
+        let admission = match Admission::acquire(self, &app, req.ip) {
+            Ok(a) => a,
+            Err(what) => {
+                return refused(ConnectRefusal::new(
+                    ErrorCode::TooManyConnections,
+                    CloseCode::OverCapacity,
+                    format!("{what} connection limit reached"),
+                ));
+            }
+        };
+        let limits = QueueLimits {
+            max_bytes: self.limits.max_queue_bytes,
+            max_items: self.limits.max_queue_messages,
+        };
+        let handle = loop {
+            let handle = Arc::new(SessionHandle::new(
+                self.ids.socket_id(),
+                app.id.clone(),
+                req.protocol,
+                limits,
+                self.clock.now_ms(),
+            ));
+            if let Some(user) = identity.as_ref().and_then(|i| i.user_id.clone()) {
+                handle.set_user_id(user);
+            }
+            if self.sessions.insert(&handle) {
+                break handle;
+            }
+        };
+        self.sessions.index_user(&handle);
+        self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        Metrics::inc(&self.metrics.connections_accepted);
+        Ok(Session::new(self.clone(), app, handle, identity, admission))
+    }
+
+    /// Check a publish request against the app's limits without publishing it; returns
+    /// the validated channel names. A batch validates every event before publishing any.
+    pub fn validate_publish(
+        &self,
+        app: &App,
+        req: &PublishRequest,
+    ) -> Result<Vec<ChannelName>, Refusal> {
+        let limits = &app.settings.limits;
+        if req.channels.is_empty() {
+            return Err(Refusal::new(ErrorCode::InvalidRequest, "no channel given"));
+        }
+        if req.channels.len() > limits.max_channels_per_publish {
+            return Err(Refusal::new(
+                ErrorCode::TooManyChannels,
+                format!(
+                    "a publish may name at most {} channels",
+                    limits.max_channels_per_publish
+                ),
+            ));
+        }
+        check_event_name(&req.event)?;
+        check_payload(app, &req.data)?;
+        req.channels
+            .iter()
+            .map(|c| {
+                ChannelName::new(c).map_err(|e| {
+                    Refusal::new(
+                        ErrorCode::InvalidChannel,
+                        format!("{}: {e}", truncate(c, 64)),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Publish one event to one or more channels of `app`, through the broker.
+    pub async fn publish(&self, app: &App, req: PublishRequest) -> Result<PublishReceipt, Refusal> {
+        let channels = self.validate_publish(app, &req)?;
+        let id: Arc<str> = Arc::from(self.ids.next().as_str());
+        let event: Arc<str> = Arc::from(req.event.as_str());
+        let timestamp = unix_ms();
+        for channel in &channels {
+            let payload = Payload::Event {
+                event: event.clone(),
+                data: req.data.clone(),
+                user_id: None,
+            };
+            let publication = Publication::new(
+                app.id.clone(),
+                channel.clone(),
+                id.clone(),
+                payload,
+                req.exclude,
+                timestamp,
+            );
+            self.publish_publication(publication).await?;
+        }
+        Ok(PublishReceipt { id, channels })
+    }
+
+    /// Hand one publication to the broker and count it.
+    pub(crate) async fn publish_publication(
+        &self,
+        publication: Publication,
+    ) -> Result<(), Refusal> {
+        self.broker.publish(publication).await.map_err(|e| {
+            warn!(error = %e, "publish failed");
+            Refusal::new(
+                ErrorCode::Internal,
+                "the broker is unavailable; retry later",
+            )
+        })?;
+        Metrics::inc(&self.metrics.messages_published);
+        Ok(())
+    }
+
+    /// Publish a server-generated payload (presence change, client event) on a channel.
+    pub(crate) async fn publish_payload(
+        &self,
+        app: &App,
+        channel: &ChannelName,
+        payload: Payload,
+        exclude: Option<SocketId>,
+    ) -> Result<(), Refusal> {
+        let id: Arc<str> = Arc::from(self.ids.next().as_str());
+        let publication = Publication::new(
+            app.id.clone(),
+            channel.clone(),
+            id,
+            payload,
+            exclude,
+            unix_ms(),
+        );
+        self.publish_publication(publication).await
+    }
+
+    /// Send an event to every connection of `user_id`, on every node.
+    pub async fn send_to_user(
+        &self,
+        app: &App,
+        user_id: &str,
+        event: &str,
+        data: RawJson,
+    ) -> Result<Arc<str>, Refusal> {
+        let message = self.direct_message(app, event, data)?;
+        let id = message.id.clone();
+        self.control(Control::SendToUser {
+            app_id: app.id.clone(),
+            user_id: Arc::from(user_id),
+            message,
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// Send an event to one connection, wherever it is.
+    pub async fn send_to_socket(
+        &self,
+        app: &App,
+        socket_id: SocketId,
+        event: &str,
+        data: RawJson,
+    ) -> Result<Arc<str>, Refusal> {
+        let message = self.direct_message(app, event, data)?;
+        let id = message.id.clone();
+        self.control(Control::SendToSocket {
+            app_id: app.id.clone(),
+            socket_id,
+            message,
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// Close every connection of `user_id`, on every node, with `code`.
+    pub async fn disconnect_user(
+        &self,
+        app: &App,
+        user_id: &str,
+        code: CloseCode,
+    ) -> Result<(), Refusal> {
+        self.control(Control::DisconnectUser {
+            app_id: app.id.clone(),
+            user_id: Arc::from(user_id),
+            code,
+        })
+        .await
+    }
+
+    fn direct_message(
+        &self,
+        app: &App,
+        event: &str,
+        data: RawJson,
+    ) -> Result<Arc<DirectMessage>, Refusal> {
+        check_event_name(event)?;
+        check_payload(app, &data)?;
+        Ok(Arc::new(DirectMessage::new(
+            Arc::from(self.ids.next().as_str()),
+            Arc::from(event),
+            data,
+            unix_ms(),
+        )))
+    }
+
+    async fn control(&self, control: Control) -> Result<(), Refusal> {
+        self.broker.control(control).await.map_err(|e| {
+            warn!(error = %e, "control message failed");
+            Refusal::new(
+                ErrorCode::Internal,
+                "the broker is unavailable; retry later",
+            )
+        })
+    }
+
+    /// Channels of `app` with subscribers, whose name starts with `prefix`.
+    pub async fn channels(&self, app: &App, prefix: &str) -> Vec<ChannelInfo> {
+        let mut out = Vec::new();
+        for (name, subscribers) in app.hub.channels(prefix) {
+            let presence_members = if name.kind().is_presence() {
+                self.presence.count(&app.id, &name).await.ok()
+            } else {
+                None
+            };
+            out.push(ChannelInfo {
+                name,
+                subscribers,
+                presence_members,
+            });
+        }
+        out
+    }
+
+    /// One channel's subscriber count and presence member count.
+    pub async fn channel_info(
+        &self,
+        app: &App,
+        channel: &ChannelName,
+    ) -> Result<ChannelInfo, Refusal> {
+        let presence_members = if channel.kind().is_presence() {
+            Some(self.presence.count(&app.id, channel).await.map_err(|e| {
+                warn!(error = %e, "presence count failed");
+                Refusal::plain(ErrorCode::Internal)
+            })?)
+        } else {
+            None
+        };
+        Ok(ChannelInfo {
+            name: channel.clone(),
+            subscribers: app.hub.subscriber_count(channel.as_str()),
+            presence_members,
+        })
+    }
+
+    /// The members of a presence channel.
+    pub async fn presence_members(
+        &self,
+        app: &App,
+        channel: &ChannelName,
+    ) -> Result<Vec<Member>, Refusal> {
+        if !channel.kind().is_presence() {
+            return Err(Refusal::new(
+                ErrorCode::InvalidChannel,
+                "not a presence channel (the name must start with presence-)",
+            ));
+        }
+        self.presence.members(&app.id, channel).await.map_err(|e| {
+            warn!(error = %e, "presence members failed");
+            Refusal::plain(ErrorCode::Internal)
+        })
+    }
+
+    /// A summary for `/status`.
+    pub fn status(&self) -> NodeStatus {
+        let m = &self.metrics;
+        NodeStatus {
+            connections: self.connections.load(Ordering::Relaxed) as usize,
+            channels: m.channels.load(Ordering::Relaxed),
+            subscriptions: m.subscriptions.load(Ordering::Relaxed),
+            messages_in: Metrics::get(&m.messages_received),
+            messages_out: Metrics::get(&m.messages_delivered),
+            messages_published: Metrics::get(&m.messages_published),
+            broker: (self.broker.name(), self.broker.health()),
+            draining: self.draining.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the node can take traffic: not draining and the broker healthy.
+    pub fn is_ready(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining".into());
+        }
+        match self.broker.health() {
+            BrokerHealth::Healthy => Ok(()),
+            BrokerHealth::Degraded(why) => Err(format!("broker degraded: {why}")),
+        }
+    }
+
+    /// Start shutting down: refuse new connections and ask every connection to flush and
+    /// close with `code` (1001, "going away, reconnect"). Returns how many were asked.
+    pub fn drain(&self, code: CloseCode) -> usize {
+        self.draining.store(true, Ordering::Release);
+        let mut n = 0;
+        self.sessions.for_each(|h| {
+            h.close(code);
+            n += 1;
+        });
+        n
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Realtime connections open now.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed) as usize
+    }
+}
+
+/// Holds one connection's place in the node, app and per-IP counts; releases it on drop.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    node: Weak<Node>,
+    app: Arc<App>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    /// Count a connection against every limit, or say which limit it hit.
+    fn acquire(node: &Arc<Node>, app: &Arc<App>, ip: IpAddr) -> Result<Self, &'static str> {
+        let prev = node.connections.fetch_add(1, Ordering::AcqRel);
+        if prev >= node.limits.max_connections {
+            node.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err("node");
+        }
+        if !app.try_add_connection() {
+            node.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err("app");
+        }
+        let per_ip = node.limits.max_connections_per_ip;
+        {
+            let mut ips = node.per_ip.lock();
+            let count = ips.entry(ip).or_insert(0);
+            if per_ip > 0 && *count >= per_ip {
+                if *count == 0 {
+                    ips.remove(&ip);
+                }
+                drop(ips);
+                app.remove_connection();
+                node.connections.fetch_sub(1, Ordering::AcqRel);
+                return Err("per-IP");
+            }
+            *count += 1;
+        }
+        Ok(Self {
+            node: Arc::downgrade(node),
+            app: app.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.app.remove_connection();
+        if let Some(node) = self.node.upgrade() {
+            node.connections.fetch_sub(1, Ordering::AcqRel);
+            let mut ips = node.per_ip.lock();
+            if let Some(count) = ips.get_mut(&self.ip) {
+                *count -= 1;
+                if *count == 0 {
+                    ips.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+fn check_event_name(event: &str) -> Result<(), Refusal> {
+    if event.is_empty() || event.len() > MAX_EVENT_NAME_LEN {
+        return Err(Refusal::new(
+            ErrorCode::InvalidEventName,
+            format!("event name must be 1 to {MAX_EVENT_NAME_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_payload(app: &App, data: &RawJson) -> Result<(), Refusal> {
+    let max = app.settings.limits.max_payload_bytes;
+    if data.len() > max {
+        return Err(Refusal::new(
+            ErrorCode::PayloadTooLarge,
+            format!("data is {} bytes; the limit is {max}", data.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary (for echoing input in errors).
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

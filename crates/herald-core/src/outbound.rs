@@ -1,0 +1,318 @@
+//! [`SessionHandle`]: one connection's bounded outbound queue, shared between the producers
+//! (hub fan-out, direct sends, the session's own replies, the heartbeat) and the one
+//! transport task that writes to the socket.
+//!
+//! # Design
+//! - Items are already-encoded message bytes ([`bytes::Bytes`]), shared with every other
+//!   subscriber of the same publication: a push is a reference-count increment, a short
+//!   uncontended lock and, only when the queue was empty, a wake-up.
+//! - The writer takes the whole queue at once ([`SessionHandle::take_into`]), so it can write
+//!   every queued frame in one vectored write and producers never wait on a socket.
+//! - The queue is bounded by bytes and by count. A push beyond either bound discards the
+//!   queue, marks the connection closing with [`CloseCode::SlowConsumer`] and wakes the
+//!   writer, which closes the socket. Nothing ever grows without limit, and other
+//!   subscribers are not slowed: the producer returns immediately either way.
+//! - An idle connection's queue holds no allocation.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use herald_protocol::{CloseCode, SocketId};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::wire::Protocol;
+
+/// One item for the writer.
+#[derive(Debug)]
+pub enum OutItem {
+    /// An encoded protocol message (a JSON text for the native protocol).
+    Message {
+        /// The encoded message, shared with other subscribers.
+        bytes: Bytes,
+        /// When the publication entered this node, for the latency histogram; `None` for
+        /// replies and other messages that are not publications.
+        published_at: Option<Instant>,
+    },
+    /// Send a protocol-level heartbeat (the transport asks the session to encode it).
+    Ping,
+    /// Answer a transport-level ping (a WebSocket pong with this payload).
+    Pong(Bytes),
+    /// Flush what precedes, then close the connection with this code.
+    Close(CloseCode),
+}
+
+/// How a push went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued for writing.
+    Queued,
+    /// Dropped: the connection is already closing.
+    Closing,
+    /// This push overflowed the queue: the connection is now closing as a slow consumer.
+    SlowConsumer,
+}
+
+/// The bounds of one outbound queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Bytes of queued messages allowed.
+    pub max_bytes: usize,
+    /// Number of queued items allowed.
+    pub max_items: usize,
+}
+
+/// Queue state behind the handle's lock.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Items waiting for the writer.
+    items: VecDeque<OutItem>,
+    /// Bytes of message payload in `items`.
+    bytes: usize,
+    /// Set once a close is queued; later pushes are dropped.
+    closing: Option<CloseCode>,
+}
+
+/// A connection as the rest of the node sees it: its identity and its outbound queue.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// The connection's public id.
+    pub socket_id: SocketId,
+    /// The app the connection belongs to (its id).
+    pub app_id: Arc<str>,
+    /// Which encoding this connection reads.
+    pub protocol: Protocol,
+    /// The authenticated user, once known (from the connection token, or a later sign-in).
+    user_id: OnceLock<Arc<str>>,
+    /// The queue itself. A parking_lot mutex: never held across an await, and uncontended
+    /// except for the instant a producer and the writer meet.
+    queue: Mutex<Queue>,
+    /// Wakes the writer when the queue goes from empty to non-empty (or a close is queued).
+    notify: Notify,
+    /// Node-clock milliseconds of the last message received from the client.
+    last_activity_ms: AtomicU64,
+    /// Node-clock milliseconds of the last heartbeat queued by the server.
+    last_ping_ms: AtomicU64,
+    /// Bounds of the queue.
+    limits: QueueLimits,
+}
+
+impl SessionHandle {
+    /// A handle with an empty queue; `now_ms` is the node clock's current reading.
+    pub fn new(
+        socket_id: SocketId,
+        app_id: Arc<str>,
+        protocol: Protocol,
+        limits: QueueLimits,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            socket_id,
+            app_id,
+            protocol,
+            user_id: OnceLock::new(),
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            last_activity_ms: AtomicU64::new(now_ms),
+            last_ping_ms: AtomicU64::new(now_ms),
+            limits,
+        }
+    }
+
+    /// The authenticated user id, if any.
+    pub fn user_id(&self) -> Option<&Arc<str>> {
+        self.user_id.get()
+    }
+
+    /// Record the user id (once; later calls are ignored).
+    pub fn set_user_id(&self, user: Arc<str>) {
+        let _ = self.user_id.set(user);
+    }
+
+    /// Queue an encoded message.
+    pub fn push_message(
+        &self,
+        bytes: Bytes,
+        published_at: Option<Instant>,
+        metrics: &Metrics,
+    ) -> PushOutcome {
+        let len = bytes.len();
+        let mut q = self.queue.lock();
+        if q.closing.is_some() {
+            drop(q);
+            Metrics::inc(&metrics.messages_dropped);
+            return PushOutcome::Closing;
+        }
+        if q.items.len() >= self.limits.max_items || q.bytes + len > self.limits.max_bytes {
+            let dropped = q.items.len() as u64 + 1;
+            // Free the memory now: these messages will never be written.
+            q.items = VecDeque::new();
+            q.bytes = 0;
+            q.closing = Some(CloseCode::SlowConsumer);
+            q.items.push_back(OutItem::Close(CloseCode::SlowConsumer));
+            drop(q);
+            metrics
+                .messages_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+            Metrics::inc(&metrics.slow_consumer_disconnects);
+            self.notify.notify_one();
+            return PushOutcome::SlowConsumer;
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(OutItem::Message {
+            bytes,
+            published_at,
+        });
+        q.bytes += len;
+        drop(q);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        PushOutcome::Queued
+    }
+
+    /// Queue a control item (ping, pong). Dropped if the connection is closing.
+    pub fn push_control(&self, item: OutItem) {
+        let mut q = self.queue.lock();
+        if q.closing.is_some() {
+            return;
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(item);
+        drop(q);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Ask the writer to flush what is queued and close with `code`. Only the first close
+    /// counts; the connection drops anything queued after it.
+    pub fn close(&self, code: CloseCode) {
+        let mut q = self.queue.lock();
+        if q.closing.is_some() {
+            return;
+        }
+        q.closing = Some(code);
+        q.items.push_back(OutItem::Close(code));
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// The close code, if a close has been queued.
+    pub fn closing(&self) -> Option<CloseCode> {
+        self.queue.lock().closing
+    }
+
+    /// Move every queued item into `out` (which the caller has emptied). Swapping the two
+    /// deques keeps the lock hold time constant however long the queue is.
+    pub fn take_into(&self, out: &mut VecDeque<OutItem>) {
+        debug_assert!(out.is_empty());
+        let mut q = self.queue.lock();
+        std::mem::swap(&mut q.items, out);
+        q.bytes = 0;
+    }
+
+    /// Wait until something is queued. Returns at once if something was queued since the
+    /// last call (the wake-up is remembered).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Record client activity at node-clock time `now_ms`.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_activity_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Node-clock milliseconds of the last client activity.
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms.load(Ordering::Relaxed)
+    }
+
+    /// Node-clock milliseconds of the last heartbeat sent.
+    pub fn last_ping_ms(&self) -> u64 {
+        self.last_ping_ms.load(Ordering::Relaxed)
+    }
+
+    /// Record that a heartbeat was queued at `now_ms`.
+    pub fn mark_pinged(&self, now_ms: u64) {
+        self.last_ping_ms.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(max_bytes: usize, max_items: usize) -> SessionHandle {
+        SessionHandle::new(
+            SocketId::new(1, 2),
+            Arc::from("app"),
+            Protocol::Native,
+            QueueLimits {
+                max_bytes,
+                max_items,
+            },
+            0,
+        )
+    }
+
+    #[test]
+    fn overflow_discards_the_queue_and_closes_once() {
+        let m = Metrics::new();
+        let h = handle(100, 10);
+        for _ in 0..3 {
+            assert_eq!(
+                h.push_message(Bytes::from_static(&[0; 30]), None, &m),
+                PushOutcome::Queued
+            );
+        }
+        assert_eq!(
+            h.push_message(Bytes::from_static(&[0; 30]), None, &m),
+            PushOutcome::SlowConsumer
+        );
+        assert_eq!(
+            h.push_message(Bytes::from_static(&[0; 1]), None, &m),
+            PushOutcome::Closing
+        );
+        let mut out = VecDeque::new();
+        h.take_into(&mut out);
+        assert!(matches!(
+            out.iter().collect::<Vec<_>>()[..],
+            [OutItem::Close(CloseCode::SlowConsumer)]
+        ));
+        assert_eq!(Metrics::get(&m.slow_consumer_disconnects), 1);
+        assert_eq!(Metrics::get(&m.messages_dropped), 5);
+    }
+
+    #[test]
+    fn count_bound_applies_too() {
+        let m = Metrics::new();
+        let h = handle(1 << 20, 2);
+        h.push_message(Bytes::from_static(b"a"), None, &m);
+        h.push_message(Bytes::from_static(b"b"), None, &m);
+        assert_eq!(
+            h.push_message(Bytes::from_static(b"c"), None, &m),
+            PushOutcome::SlowConsumer
+        );
+    }
+
+    #[tokio::test]
+    async fn wakes_the_writer_and_flushes_before_close() {
+        let m = Metrics::new();
+        let h = Arc::new(handle(1 << 20, 100));
+        h.push_message(Bytes::from_static(b"x"), None, &m);
+        h.close(CloseCode::GoingAway);
+        h.close(CloseCode::Normal);
+        h.notified().await;
+        let mut out = VecDeque::new();
+        h.take_into(&mut out);
+        assert_eq!(out.len(), 2);
+        assert!(matches!(out[1], OutItem::Close(CloseCode::GoingAway)));
+        assert_eq!(h.closing(), Some(CloseCode::GoingAway));
+    }
+}

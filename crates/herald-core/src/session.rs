@@ -1,0 +1,445 @@
+//! [`Session`]: one client connection's state and the operations it can perform,
+//! independent of transport and protocol.
+//!
+//! A transport (WebSocket, SSE, long-polling) owns exactly one `Session` per connection. It
+//! hands every received text message to [`Session::handle_text`], writes whatever appears in
+//! the session's outbound queue ([`Session::handle`]), and calls [`Session::close`] when the
+//! connection ends. It never interprets messages itself. The protocol adapters (the
+//! [`native`] submodule) parse requests, call the operations below and encode the replies.
+//!
+//! Operations return `Result<_, Refusal>`; a refusal becomes an error reply and the
+//! connection stays open. Only `handle_text` can ask for the connection to be closed.
+
+mod native;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use herald_protocol::{ChannelName, CloseCode, ErrorCode, SocketId};
+use tracing::{debug, warn};
+
+use crate::app::App;
+use crate::auth::{Identity, authorize_channel};
+use crate::metrics::Metrics;
+use crate::node::{Admission, Node, check_payload, truncate};
+use crate::outbound::SessionHandle;
+use crate::presence::JoinOutcome;
+use crate::publication::{Member, Payload};
+use crate::ratelimit::{Rate, TokenBucket};
+use crate::raw_json::RawJson;
+use crate::refusal::Refusal;
+use crate::wire::Protocol;
+
+/// One channel subscription of a session.
+#[derive(Debug)]
+struct Subscription {
+    /// The channel.
+    channel: ChannelName,
+    /// On presence channels: the user this connection is present as.
+    presence_user: Option<Arc<str>>,
+}
+
+/// A successful subscribe.
+#[derive(Debug)]
+pub struct SubscribeOk {
+    /// The channel, validated.
+    pub channel: ChannelName,
+    /// On presence channels: the members present right after joining (this user included).
+    pub members: Option<Vec<Member>>,
+}
+
+/// A connection's state.
+pub struct Session {
+    /// The node, for the broker, presence and metrics.
+    node: Arc<Node>,
+    /// The app the connection belongs to.
+    app: Arc<App>,
+    /// The connection's id and outbound queue, shared with the hub and registry.
+    handle: Arc<SessionHandle>,
+    /// Who the connection is, from its connection token.
+    identity: Option<Arc<Identity>>,
+    /// Current subscriptions. A short vector: the per-connection limit is small, and a linear
+    /// scan beats a map at that size in both time and memory.
+    subscriptions: Vec<Subscription>,
+    /// Rate limit for client events.
+    client_events: TokenBucket,
+    /// Rate limit for all inbound messages.
+    inbound: TokenBucket,
+    /// The connection's place in the connection limits, released when the session ends.
+    admission: Option<Admission>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("socket_id", &self.handle.socket_id)
+            .field("app", &self.app.id)
+            .field("subscriptions", &self.subscriptions.len())
+            .finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        node: Arc<Node>,
+        app: Arc<App>,
+        handle: Arc<SessionHandle>,
+        identity: Option<Arc<Identity>>,
+        admission: Admission,
+    ) -> Self {
+        let inbound_rate = node.limits.max_client_messages_per_second;
+        let session = Self {
+            client_events: TokenBucket::new(Rate::per_second(
+                app.settings.limits.client_event_rate,
+            )),
+            inbound: TokenBucket::new(Rate {
+                per_second: f64::from(inbound_rate),
+                burst: f64::from(inbound_rate) * 2.0,
+            }),
+            node,
+            app,
+            handle,
+            identity,
+            subscriptions: Vec::new(),
+            admission: Some(admission),
+        };
+        let hello = match session.handle.protocol {
+            Protocol::Native => native::connected(&session),
+        };
+        session.push(hello);
+        session
+    }
+
+    /// The connection's shared handle (its outbound queue).
+    pub fn handle(&self) -> &Arc<SessionHandle> {
+        &self.handle
+    }
+
+    /// The connection's socket id.
+    pub fn socket_id(&self) -> SocketId {
+        self.handle.socket_id
+    }
+
+    /// The node this session belongs to.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The app this session belongs to.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Handle one text message from the client. Replies (and errors) are queued on the
+    /// handle; `Err` means the connection must be closed with that code.
+    pub async fn handle_text(&mut self, text: &[u8]) -> Result<(), CloseCode> {
+        self.handle.touch(self.node.clock.now_ms());
+        Metrics::inc(&self.node.metrics.messages_received);
+        if !self.inbound.try_take() {
+            debug!(socket_id = %self.handle.socket_id, "inbound message rate exceeded");
+            return Err(CloseCode::TooManyRequests);
+        }
+        match self.handle.protocol {
+            Protocol::Native => native::handle(self, text).await,
+        }
+    }
+
+    /// Record client activity that is not a message (a transport-level pong, say).
+    pub fn touch(&self) {
+        self.handle.touch(self.node.clock.now_ms());
+    }
+
+    /// The encoded protocol-level heartbeat for this connection.
+    pub fn encode_ping(&self) -> Bytes {
+        match self.handle.protocol {
+            Protocol::Native => native::ping(self),
+        }
+    }
+
+    /// Queue an encoded message (a reply) for this connection.
+    fn push(&self, bytes: Vec<u8>) {
+        self.handle
+            .push_message(Bytes::from(bytes), None, &self.node.metrics);
+    }
+
+    /// Subscribe to `name`, authorised by the connection token or a subscription `token`.
+    pub async fn subscribe(
+        &mut self,
+        name: &str,
+        token: Option<&str>,
+    ) -> Result<SubscribeOk, Refusal> {
+        let channel = ChannelName::new(name).map_err(|e| {
+            Refusal::new(
+                ErrorCode::InvalidChannel,
+                format!("{:?}: {e}", truncate(name, 64)),
+            )
+        })?;
+        if self.subscriptions.iter().any(|s| s.channel == channel) {
+            return Err(Refusal::plain(ErrorCode::AlreadySubscribed));
+        }
+        let max = self.app.settings.limits.max_subscriptions_per_connection as usize;
+        if self.subscriptions.len() >= max {
+            return Err(Refusal::new(
+                ErrorCode::TooManySubscriptions,
+                format!("a connection may hold at most {max} subscriptions"),
+            ));
+        }
+        let access = authorize_channel(
+            &self.app.settings,
+            &self.app.verifier,
+            self.identity.as_deref(),
+            &channel,
+            token,
+        )?;
+        let node = self.node.clone();
+        let app = self.app.clone();
+        let socket = self.handle.socket_id;
+
+        let mut joined = None;
+        let mut presence_user = None;
+        if channel.kind().is_presence() {
+            let user_id = access
+                .user_id
+                .clone()
+                .ok_or_else(|| Refusal::plain(ErrorCode::Unauthorized))?;
+            let info = access.info.clone().unwrap_or_else(RawJson::null);
+            let max_info = app.settings.limits.max_user_info_bytes;
+            if info.len() > max_info {
+                return Err(Refusal::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "presence info is {} bytes; the limit is {max_info}",
+                        info.len()
+                    ),
+                ));
+            }
+            let member = Member { user_id, info };
+            let outcome = node
+                .presence
+                .join(
+                    &app.id,
+                    &channel,
+                    socket,
+                    &member,
+                    app.settings.limits.max_presence_members,
+                )
+                .await
+                .map_err(|e| {
+                    warn!(error = %e, "presence join failed");
+                    Refusal::new(ErrorCode::Internal, "presence is unavailable; retry later")
+                })?;
+            match outcome {
+                JoinOutcome::Full => {
+                    return Err(Refusal::new(
+                        ErrorCode::PresenceFull,
+                        format!(
+                            "presence channel has its maximum of {} members",
+                            app.settings.limits.max_presence_members
+                        ),
+                    ));
+                }
+                JoinOutcome::FirstConnection => joined = Some(member.clone()),
+                JoinOutcome::AnotherConnection => {}
+            }
+            presence_user = Some(member.user_id);
+        }
+
+        let added = app
+            .hub
+            .subscribe(&channel, self.handle.clone(), &node.metrics);
+        if added.first_on_node
+            && let Err(e) = node.broker.subscribe(&app.id, &channel).await
+        {
+            warn!(error = %e, channel = %channel, "broker subscribe failed");
+            let sub = Subscription {
+                channel,
+                presence_user,
+            };
+            release_subscription(&node, &app, socket, sub).await;
+            return Err(Refusal::new(
+                ErrorCode::Internal,
+                "the broker is unavailable; retry later",
+            ));
+        }
+        self.subscriptions.push(Subscription {
+            channel: channel.clone(),
+            presence_user: presence_user.clone(),
+        });
+
+        let members = if presence_user.is_some() {
+            Some(
+                node.presence
+                    .members(&app.id, &channel)
+                    .await
+                    .unwrap_or_default(),
+            )
+        } else {
+            None
+        };
+        if let Some(member) = joined
+            && let Err(e) = node
+                .publish_payload(&app, &channel, Payload::Joined(member), Some(socket))
+                .await
+        {
+            warn!(error = %e, "cannot announce presence join");
+        }
+        Ok(SubscribeOk { channel, members })
+    }
+
+    /// Unsubscribe from `name`.
+    pub async fn unsubscribe(&mut self, name: &str) -> Result<ChannelName, Refusal> {
+        let Some(i) = self
+            .subscriptions
+            .iter()
+            .position(|s| s.channel.as_str() == name)
+        else {
+            return Err(Refusal::plain(ErrorCode::NotSubscribed));
+        };
+        let sub = self.subscriptions.swap_remove(i);
+        let channel = sub.channel.clone();
+        release_subscription(&self.node, &self.app, self.handle.socket_id, sub).await;
+        Ok(channel)
+    }
+
+    /// Send a client event to the other subscribers of a private or presence channel.
+    pub async fn client_event(
+        &mut self,
+        channel: &str,
+        event: &str,
+        data: RawJson,
+    ) -> Result<(), Refusal> {
+        if !self.app.settings.client_events {
+            return Err(Refusal::new(
+                ErrorCode::ClientEventsDisabled,
+                "client events are disabled for this app",
+            ));
+        }
+        if !event.starts_with("client-") || event.len() > crate::node::MAX_EVENT_NAME_LEN {
+            return Err(Refusal::new(
+                ErrorCode::InvalidEventName,
+                "client event names must start with client- and be at most 200 bytes",
+            ));
+        }
+        let Some(sub) = self
+            .subscriptions
+            .iter()
+            .find(|s| s.channel.as_str() == channel)
+        else {
+            return Err(Refusal::new(
+                ErrorCode::NotSubscribed,
+                "subscribe to the channel before sending client events on it",
+            ));
+        };
+        if !sub.channel.kind().is_protected() {
+            return Err(Refusal::new(
+                ErrorCode::ClientEventsDisabled,
+                "client events are only allowed on private and presence channels",
+            ));
+        }
+        check_payload(&self.app, &data)?;
+        if !self.client_events.try_take() {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "client event rate limit of {}/s exceeded",
+                    self.app.settings.limits.client_event_rate
+                ),
+            ));
+        }
+        let user_id = sub
+            .presence_user
+            .clone()
+            .or_else(|| self.handle.user_id().cloned());
+        let channel = sub.channel.clone();
+        let payload = Payload::Event {
+            event: Arc::from(event),
+            data,
+            user_id,
+        };
+        self.node
+            .publish_payload(&self.app, &channel, payload, Some(self.handle.socket_id))
+            .await
+    }
+
+    /// End the session: leave every channel (announcing presence leaves), unregister, and
+    /// release the connection's place in the limits. Always call this when the transport
+    /// ends; dropping a session without it spawns the same cleanup.
+    pub async fn close(mut self) {
+        let parts = self.take_parts();
+        if let Some(parts) = parts {
+            parts.release().await;
+        }
+    }
+
+    fn take_parts(&mut self) -> Option<Released> {
+        let admission = self.admission.take()?;
+        Some(Released {
+            node: self.node.clone(),
+            app: self.app.clone(),
+            handle: self.handle.clone(),
+            subscriptions: std::mem::take(&mut self.subscriptions),
+            admission,
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(parts) = self.take_parts()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(parts.release());
+        }
+    }
+}
+
+/// What a closing session hands over for cleanup.
+struct Released {
+    node: Arc<Node>,
+    app: Arc<App>,
+    handle: Arc<SessionHandle>,
+    subscriptions: Vec<Subscription>,
+    admission: Admission,
+}
+
+impl Released {
+    async fn release(self) {
+        let socket = self.handle.socket_id;
+        for sub in self.subscriptions {
+            release_subscription(&self.node, &self.app, socket, sub).await;
+        }
+        self.node.sessions.remove(&self.handle);
+        self.node
+            .metrics
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+        drop(self.admission);
+    }
+}
+
+/// Leave one channel: hub, broker interest, presence (announcing the user's last leave).
+async fn release_subscription(node: &Node, app: &App, socket: SocketId, sub: Subscription) {
+    let removed = app.hub.unsubscribe(&sub.channel, socket, &node.metrics);
+    if removed.last_on_node
+        && let Err(e) = node.broker.unsubscribe(&app.id, &sub.channel).await
+    {
+        warn!(error = %e, channel = %sub.channel, "broker unsubscribe failed");
+    }
+    if let Some(user_id) = sub.presence_user {
+        match node
+            .presence
+            .leave(&app.id, &sub.channel, socket, &user_id)
+            .await
+        {
+            Ok(outcome) if outcome.last_connection => {
+                let payload = Payload::Left { user_id };
+                if let Err(e) = node.publish_payload(app, &sub.channel, payload, None).await {
+                    warn!(error = %e, "cannot announce presence leave");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "presence leave failed"),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The native protocol's request handling: parse a client message, perform it on the
+//! [`Session`], and queue the reply. See `herald_protocol::native` for the message format.
+
+use bytes::Bytes;
+use herald_protocol::native::{
+    ConnectedData, Envelope, ErrorData, MessageType, PresenceMember, PresenceSync, Request,
+    parse_client_message,
+};
+use herald_protocol::{CloseCode, ErrorCode};
+
+use super::Session;
+use crate::clock::unix_ms;
+use crate::metrics::Metrics;
+use crate::raw_json::RawJson;
+use crate::refusal::Refusal;
+
+/// The `connected` message that opens every native connection.
+pub(super) fn connected(session: &Session) -> Vec<u8> {
+    let limits = &session.node.limits;
+    let data = ConnectedData {
+        socket_id: session.handle.socket_id.to_string(),
+        user_id: session.handle.user_id().map(|u| u.to_string()),
+        activity_timeout: limits.activity_timeout.as_secs(),
+        ping_interval: limits.ping_interval.as_secs(),
+    };
+    let data = serde_json::to_vec(&data).expect("ConnectedData serialises");
+    reply(session, MessageType::Connected, None, None, &data, None)
+}
+
+/// A server `ping`.
+pub(super) fn ping(session: &Session) -> Bytes {
+    Bytes::from(reply(session, MessageType::Ping, None, None, b"null", None))
+}
+
+/// Handle one native message.
+pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), CloseCode> {
+    let message = match parse_client_message(text) {
+        Ok(m) => m,
+        Err(e) => {
+            push_error(session, &Refusal::new(e.code, e.message), None, e.reference);
+            return Ok(());
+        }
+    };
+    let reference = message.reference;
+    match message.request {
+        Request::Subscribe { channel, token, .. } => {
+            match session.subscribe(&channel, token.as_deref()).await {
+                Ok(ok) => {
+                    let bytes = reply(
+                        session,
+                        MessageType::Subscribe,
+                        Some(ok.channel.as_str()),
+                        Some("subscribed"),
+                        b"{}",
+                        reference,
+                    );
+                    session.push(bytes);
+                    if let Some(members) = ok.members {
+                        let sync = PresenceSync {
+                            count: members.len(),
+                            members: members
+                                .into_iter()
+                                .map(|m| PresenceMember {
+                                    user_id: m.user_id.to_string(),
+                                    info: m.info.to_value(),
+                                })
+                                .collect(),
+                        };
+                        let data = serde_json::to_vec(&sync).expect("PresenceSync serialises");
+                        let bytes = reply(
+                            session,
+                            MessageType::Presence,
+                            Some(ok.channel.as_str()),
+                            Some("sync"),
+                            &data,
+                            None,
+                        );
+                        session.push(bytes);
+                    }
+                }
+                Err(refusal) => push_error(session, &refusal, Some(&channel), reference),
+            }
+        }
+        Request::Unsubscribe { channel } => match session.unsubscribe(&channel).await {
+            Ok(channel) => {
+                let bytes = reply(
+                    session,
+                    MessageType::Unsubscribe,
+                    Some(channel.as_str()),
+                    Some("unsubscribed"),
+                    b"{}",
+                    reference,
+                );
+                session.push(bytes);
+            }
+            Err(refusal) => push_error(session, &refusal, Some(&channel), reference),
+        },
+        Request::Event {
+            channel,
+            event,
+            data,
+        } => {
+            let data = RawJson::from_raw(data);
+            if let Err(refusal) = session.client_event(&channel, &event, data).await {
+                push_error(session, &refusal, Some(&channel), reference);
+            }
+        }
+        Request::Ping => {
+            let bytes = reply(session, MessageType::Pong, None, None, b"null", reference);
+            session.push(bytes);
+        }
+        Request::Pong => {}
+    }
+    Ok(())
+}
+
+fn reply(
+    session: &Session,
+    kind: MessageType,
+    channel: Option<&str>,
+    event: Option<&str>,
+    data: &[u8],
+    reference: Option<&str>,
+) -> Vec<u8> {
+    let id = session.node.ids.next();
+    let mut env = Envelope::new(id.as_str(), kind, unix_ms());
+    env.channel = channel;
+    env.event = event;
+    env.data = data;
+    env.reference = reference;
+    env.to_vec()
+}
+
+fn push_error(
+    session: &Session,
+    refusal: &Refusal,
+    channel: Option<&str>,
+    reference: Option<&str>,
+) {
+    Metrics::inc(&session.node.metrics.client_errors);
+    let data = serde_json::to_vec(&ErrorData::new(refusal.code, refusal.message.clone()))
+        .expect("ErrorData serialises");
+    // Echo the channel only when it is a valid name (never reflect arbitrary input).
+    let channel = channel.filter(|c| herald_protocol::ChannelName::validate(c).is_ok());
+    let name = if refusal.code == ErrorCode::Internal {
+        ErrorCode::Internal.name()
+    } else {
+        refusal.code.name()
+    };
+    let bytes = reply(
+        session,
+        MessageType::Error,
+        channel,
+        Some(name),
+        &data,
+        reference,
+    );
+    session.push(bytes);
+}

@@ -1,0 +1,338 @@
+//! The settings the core runs with: per app ([`AppSettings`]) and per node ([`NodeLimits`]).
+//!
+//! These are configuration types: they derive `Deserialize` so the server's config loader can
+//! read them straight from TOML, and every default lives in their `Default` impls, in this
+//! one file. The core itself never reads files or the environment; it is handed these values.
+//! `validate` methods return every problem, each naming its key, so the loader can report
+//! them all before any port is bound.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::pattern::Pattern;
+use crate::secret::Secret;
+
+/// One app (tenant): its credentials, options and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// The app id, used in HTTP API paths (`/api/{id}/…`, `/apps/{id}/…`).
+    pub id: String,
+    /// The public app key, used by clients to connect (`/ws/{key}`, `/app/{key}`).
+    pub key: String,
+    /// The app secret: signs HS256 tokens and Pusher signatures, authenticates the API.
+    pub secret: Secret,
+    /// A disabled app refuses connections (4003) and API calls (403).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Browser origins allowed to connect (`*` wildcards). Empty or `["*"]` allows any.
+    #[serde(default)]
+    pub allowed_origins: Vec<Pattern>,
+    /// Whether clients may send client events on private and presence channels.
+    #[serde(default)]
+    pub client_events: bool,
+    /// Refuse connections that present no connection token.
+    #[serde(default)]
+    pub require_token: bool,
+    /// How connection and subscription tokens are verified.
+    #[serde(default)]
+    pub jwt: JwtSettings,
+    /// Extra role/permission requirements per channel pattern.
+    #[serde(default)]
+    pub channel_rules: Vec<ChannelRule>,
+    /// This app's limits.
+    #[serde(default)]
+    pub limits: AppLimits,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl AppSettings {
+    /// The development app `herald serve` runs with when no app is configured.
+    /// Its credentials are public, documented, and for development only.
+    pub fn development() -> Self {
+        Self {
+            id: "herald-dev".into(),
+            key: "herald-dev-key".into(),
+            secret: Secret::new("herald-dev-secret"),
+            enabled: true,
+            allowed_origins: Vec::new(),
+            client_events: true,
+            require_token: false,
+            jwt: JwtSettings::default(),
+            channel_rules: Vec::new(),
+            limits: AppLimits::default(),
+        }
+    }
+
+    /// Every problem with these settings, as `(key, message)`; `prefix` is this app's key path
+    /// in the config (such as `apps[0]`).
+    pub fn validate(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, msg: &str| problems.push((format!("{prefix}.{key}"), msg.into()));
+        let safe = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !safe(&self.id) {
+            bad("id", "must be 1-128 characters from [A-Za-z0-9-_.]");
+        }
+        if !safe(&self.key) {
+            bad("key", "must be 1-128 characters from [A-Za-z0-9-_.]");
+        }
+        if self.secret.expose().len() < 8 {
+            bad("secret", "must be at least 8 characters");
+        }
+        match self.jwt.algorithm {
+            JwtAlgorithm::Hs256 => {}
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+                if self.jwt.public_key_file.is_none() && self.jwt.public_key.is_none() {
+                    bad(
+                        "jwt.public_key_file",
+                        "RS256 and ES256 need a public key (public_key_file or public_key)",
+                    );
+                }
+            }
+        }
+        for (i, rule) in self.channel_rules.iter().enumerate() {
+            if rule.roles.is_empty() && rule.permissions.is_empty() {
+                bad(
+                    &format!("channel_rules[{i}]"),
+                    "a rule needs at least one role or permission",
+                );
+            }
+        }
+        let l = &self.limits;
+        if l.max_subscriptions_per_connection == 0 {
+            bad(
+                "limits.max_subscriptions_per_connection",
+                "must be at least 1",
+            );
+        }
+        if l.max_payload_bytes == 0 {
+            bad("limits.max_payload_bytes", "must be at least 1");
+        }
+        if l.max_channels_per_publish == 0 {
+            bad("limits.max_channels_per_publish", "must be at least 1");
+        }
+        if l.max_batch_events == 0 {
+            bad("limits.max_batch_events", "must be at least 1");
+        }
+        if l.max_presence_members == 0 {
+            bad("limits.max_presence_members", "must be at least 1");
+        }
+        problems
+    }
+}
+
+/// The signing algorithm of an app's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with the app secret.
+    #[default]
+    #[serde(rename = "HS256")]
+    Hs256,
+    /// RSA PKCS#1 v1.5 with SHA-256, verified with a configured public key.
+    #[serde(rename = "RS256")]
+    Rs256,
+    /// ECDSA P-256 with SHA-256, verified with a configured public key.
+    #[serde(rename = "ES256")]
+    Es256,
+}
+
+/// How an app's tokens are verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtSettings {
+    /// The one accepted algorithm (tokens signed otherwise are refused).
+    pub algorithm: JwtAlgorithm,
+    /// PEM file with the public key, for RS256 and ES256.
+    pub public_key_file: Option<String>,
+    /// The PEM text itself, as an alternative to `public_key_file` (filled in by the loader).
+    pub public_key: Option<String>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`.
+    #[serde(deserialize_with = "duration")]
+    pub leeway: Duration,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            algorithm: JwtAlgorithm::Hs256,
+            public_key_file: None,
+            public_key: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A rule: subscribing to channels matching `pattern` needs one of `roles` (if any are
+/// listed) and all of `permissions` (if any are listed), from the connection token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRule {
+    /// The channel pattern the rule applies to (`*` wildcards).
+    pub pattern: Pattern,
+    /// At least one of these roles is required (ignored when empty).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// All of these permissions are required (ignored when empty).
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+/// Per-app limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppLimits {
+    /// Connections this app may hold on this node (0: no app-specific limit).
+    pub max_connections: u32,
+    /// Channels one connection may be subscribed to at once.
+    pub max_subscriptions_per_connection: u32,
+    /// Largest event `data`, in bytes of JSON text (publish API and client events).
+    pub max_payload_bytes: usize,
+    /// Channels one publish may name.
+    pub max_channels_per_publish: usize,
+    /// Events one batch publish may hold.
+    pub max_batch_events: usize,
+    /// Client events one connection may send per second (bursts of the same size).
+    pub client_event_rate: u32,
+    /// Publishes per second the HTTP API accepts for this app (0: unlimited).
+    pub publish_rate: u32,
+    /// Members a presence channel may hold.
+    pub max_presence_members: usize,
+    /// Largest presence `info`, in bytes of JSON text.
+    pub max_user_info_bytes: usize,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 0,
+            max_subscriptions_per_connection: 100,
+            max_payload_bytes: 10 * 1024,
+            max_channels_per_publish: 100,
+            max_batch_events: 10,
+            client_event_rate: 10,
+            publish_rate: 100_000,
+            max_presence_members: 100,
+            max_user_info_bytes: 1024,
+        }
+    }
+}
+
+/// Node-wide limits and connection timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeLimits {
+    /// Realtime connections this node accepts in total.
+    pub max_connections: u32,
+    /// Realtime connections one client IP may hold on this node (0: unlimited).
+    pub max_connections_per_ip: u32,
+    /// Largest message a client may send, in bytes; larger closes the connection with 1009.
+    pub max_message_size: usize,
+    /// Bytes of messages queued for one connection before it is a slow consumer (4101).
+    pub max_queue_bytes: usize,
+    /// Messages queued for one connection before it is a slow consumer (4101).
+    pub max_queue_messages: usize,
+    /// A connection that sends nothing for this long is closed (4201).
+    #[serde(deserialize_with = "duration")]
+    pub activity_timeout: Duration,
+    /// An idle connection is pinged after this long, so a live client always answers in time.
+    #[serde(deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    /// A socket write that makes no progress for this long marks a slow consumer (4101).
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    /// Messages per second one connection may send (any type, bursts of twice that);
+    /// beyond it the connection is closed with 4102.
+    pub max_client_messages_per_second: u32,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_connections_per_ip: 1_000,
+            max_message_size: 32 * 1024,
+            max_queue_bytes: 1024 * 1024,
+            max_queue_messages: 10_000,
+            activity_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(25),
+            write_timeout: Duration::from_secs(10),
+            max_client_messages_per_second: 100,
+        }
+    }
+}
+
+impl NodeLimits {
+    /// Every problem with these limits, as `(key, message)` under `prefix`.
+    pub fn validate(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, msg: &str| problems.push((format!("{prefix}.{key}"), msg.into()));
+        if self.max_connections == 0 {
+            bad("max_connections", "must be at least 1");
+        }
+        if self.max_message_size < 512 {
+            bad("max_message_size", "must be at least 512 bytes");
+        }
+        if self.max_queue_bytes < 4096 {
+            bad("max_queue_bytes", "must be at least 4096 bytes");
+        }
+        if self.max_queue_messages == 0 {
+            bad("max_queue_messages", "must be at least 1");
+        }
+        if self.ping_interval.is_zero() {
+            bad("ping_interval", "must be more than 0");
+        }
+        if self.activity_timeout <= self.ping_interval {
+            bad("activity_timeout", "must be longer than ping_interval");
+        }
+        if self.write_timeout.is_zero() {
+            bad("write_timeout", "must be more than 0");
+        }
+        if self.max_client_messages_per_second == 0 {
+            bad("max_client_messages_per_second", "must be at least 1");
+        }
+        problems
+    }
+}
+
+/// Deserialize a duration from a human string (`"30s"`, `"500ms"`, `"2m"`) or whole seconds.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {t:?} ({e}); use e.g. \"30s\""))
+        }),
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| Pattern::new(&s))
+    }
+}

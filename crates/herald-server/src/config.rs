@@ -1,0 +1,294 @@
+//! The configuration tree, its defaults and its validation.
+//!
+//! Configuration comes from, lowest precedence first: built-in defaults, a TOML file
+//! (`--config`), `HERALD_*` environment variables, and command-line flags (see [`load`]).
+//! The merged tree is deserialised (unknown keys are errors), then [`Config::validate`]
+//! checks every value and reads every referenced file. All of this happens before any
+//! port is bound; any problem is reported with the key it concerns, and `herald` exits
+//! with status 64.
+//!
+//! Every key is documented in `docs/configuration.md` and `herald.example.toml`.
+
+pub mod load;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herald_core::settings::duration;
+use herald_core::{AppSettings, NodeLimits};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+pub use load::{ConfigError, Overrides, load};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The client-facing listeners (WebSocket, SSE, HTTP API).
+    pub server: ServerConfig,
+    /// The admin listener (health, readiness, status, metrics).
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// How publications reach every node.
+    pub broker: BrokerConfig,
+    /// Node-wide connection limits and timing.
+    pub limits: NodeLimits,
+    /// The apps (tenants). Empty means: run with the development app.
+    pub apps: Vec<AppSettings>,
+}
+
+/// The client-facing listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Plain-text listener (ws://, http://): WebSocket, fallbacks and HTTP API.
+    pub listen: SocketAddr,
+    /// A TLS listener (wss://, https://) serving the same routes, when configured.
+    pub tls: Option<TlsConfig>,
+    /// Time allowed for a TLS handshake and for a request's headers to arrive.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Time given to clients to reconnect elsewhere and to in-flight requests on shutdown.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace_period: Duration,
+    /// Proxies whose `X-Forwarded-For` header is trusted to give the client address.
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// If not empty, only clients from these networks may connect at all.
+    #[serde(deserialize_with = "networks")]
+    pub ip_allow: Vec<IpNet>,
+    /// Clients from these networks are refused (checked after `ip_allow`).
+    #[serde(deserialize_with = "networks")]
+    pub ip_deny: Vec<IpNet>,
+    /// Largest HTTP request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6001)),
+            tls: None,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace_period: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
+            ip_allow: Vec::new(),
+            ip_deny: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS listener.
+    #[serde(default = "default_tls_listen")]
+    pub listen: SocketAddr,
+    /// PEM file with the certificate chain (leaf first).
+    pub cert_file: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// How often the two files are checked for changes (a renewal is picked up without a
+    /// restart; SIGHUP also reloads). `0s` disables the check.
+    #[serde(default = "default_reload_interval", deserialize_with = "duration")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6443))
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Whether the admin listener runs.
+    pub enabled: bool,
+    /// Its address. Keep it private: `/status` and `/metrics` reveal load and app ids.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9601)),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: a level (`info`) or directives (`herald_core=debug,info`).
+    /// `RUST_LOG`, when set, takes precedence.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which broker carries publications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `memory`: a single node, no external service.
+    pub kind: BrokerKind,
+    /// Dispatcher tasks of the memory broker (0: one per core).
+    pub dispatchers: usize,
+    /// Publications each dispatcher may have queued before publishers wait.
+    pub queue: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            kind: BrokerKind::Memory,
+            dispatchers: 0,
+            queue: 4096,
+        }
+    }
+}
+
+/// The broker backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// In-process, single node.
+    Memory,
+}
+
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{s:?} is not an IP address or CIDR network (e.g. 10.0.0.0/8)"
+                    ))
+                })
+        })
+        .collect()
+}
+
+impl Config {
+    /// Whether no app was configured and the development app is in use.
+    pub fn uses_development_app(&self) -> bool {
+        self.apps.len() == 1 && self.apps[0].id == AppSettings::development().id
+    }
+
+    /// Check every value and fill in what comes from files (JWT public keys) and defaults
+    /// (the development app). Returns every problem, each with its key.
+    pub fn validate(&mut self) -> Result<(), Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        if self.apps.is_empty() {
+            self.apps.push(AppSettings::development());
+        }
+        for (i, app) in self.apps.iter_mut().enumerate() {
+            let prefix = format!("apps[{i}]");
+            problems.extend(app.validate(&prefix));
+            if let Some(path) = &app.jwt.public_key_file {
+                match std::fs::read_to_string(path) {
+                    Ok(pem) => app.jwt.public_key = Some(pem),
+                    Err(e) => problems.push((
+                        format!("{prefix}.jwt.public_key_file"),
+                        format!("cannot read {path}: {e}"),
+                    )),
+                }
+            }
+            if app.jwt.public_key.is_some()
+                && let Err(e) = herald_core::auth::TokenVerifier::new(&app.jwt, &app.secret)
+            {
+                problems.push((format!("{prefix}.jwt"), e));
+            }
+        }
+        for (key, pick) in [
+            (
+                "id",
+                (|a: &AppSettings| a.id.clone()) as fn(&AppSettings) -> String,
+            ),
+            ("key", |a: &AppSettings| a.key.clone()),
+        ] {
+            let mut seen = std::collections::HashMap::new();
+            for (i, app) in self.apps.iter().enumerate() {
+                if let Some(first) = seen.insert(pick(app), i) {
+                    problems.push((
+                        format!("apps[{i}].{key}"),
+                        format!("duplicate {key}, already used by apps[{first}]"),
+                    ));
+                }
+            }
+        }
+        problems.extend(self.limits.validate("limits"));
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(("log.level".into(), format!("invalid filter: {e}")));
+        }
+        if self.server.max_body_bytes < 1024 {
+            problems.push((
+                "server.max_body_bytes".into(),
+                "must be at least 1024".into(),
+            ));
+        }
+        if self.server.handshake_timeout.is_zero() {
+            problems.push((
+                "server.handshake_timeout".into(),
+                "must be more than 0".into(),
+            ));
+        }
+        if self.broker.queue == 0 {
+            problems.push(("broker.queue".into(), "must be at least 1".into()));
+        }
+        let mut ports = vec![("server.listen", self.server.listen)];
+        if self.admin.enabled {
+            ports.push(("admin.listen", self.admin.listen));
+        }
+        if let Some(tls) = &self.server.tls {
+            ports.push(("server.tls.listen", tls.listen));
+            if let Err(e) = crate::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
+                problems.push(("server.tls".into(), e));
+            }
+        }
+        for (i, (key, addr)) in ports.iter().enumerate() {
+            for (other, other_addr) in &ports[..i] {
+                if addr == other_addr && addr.port() != 0 {
+                    problems.push(((*key).into(), format!("same address as {other}")));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The accept loop of a client-facing listener and the HTTP/1.1 serving of each connection.
+//!
+//! Per connection: the IP filter (unless the peer is a trusted proxy, whose clients are
+//! checked per request), `TCP_NODELAY`, the TLS handshake under `handshake_timeout`, then
+//! hyper serves requests with upgrades enabled. When shutdown starts, each connection is
+//! told to finish its in-flight request and close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::server::Shared;
+use crate::tls::TlsState;
+
+/// Accept connections until shutdown starts.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc<TlsState>>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shared.shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // Usually EMFILE/ENFILE: wait for descriptors to free up instead of spinning.
+                warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let filter = &shared.ip_filter;
+        if !filter.is_trusted_proxy(peer.ip()) && !filter.allows(peer.ip()) {
+            debug!(%peer, "connection refused by the IP filter");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let shared2 = shared.clone();
+        let tls = tls.clone();
+        shared.tracker.spawn(async move {
+            match tls {
+                None => serve_http(stream, peer, shared2).await,
+                Some(tls) => {
+                    let timeout = shared2.config.server.handshake_timeout;
+                    match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_http(stream, peer, shared2).await,
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Serve HTTP/1.1 on one connection (with WebSocket upgrades).
+async fn serve_http<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = shared.shutdown.clone();
+    let timeout = shared.config.server.handshake_timeout;
+    let service = service_fn(move |req| crate::routes::handle(shared.clone(), peer, req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        }
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

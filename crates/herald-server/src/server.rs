@@ -1,0 +1,219 @@
+//! [`Server`]: builds the node from a validated [`Config`] and runs the listeners until a
+//! shutdown signal, then drains.
+//!
+//! Tests and the binary use the same entry point: bind [`Listeners`] (port 0 in tests), build
+//! a [`Server`], and `run` it with a shutdown future.
+//!
+//! # Shutdown sequence
+//! 1. The shutdown future completes (SIGTERM/SIGINT in the binary).
+//! 2. The listeners stop accepting; `/ready` answers 503.
+//! 3. Every realtime connection is asked to flush its queue and close with 1001 ("going away,
+//!    reconnect"); idle HTTP keep-alive connections are closed, in-flight requests finish.
+//! 4. `run` returns when every connection has ended, or when `shutdown_grace_period` has
+//!    passed, whichever comes first.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use herald_core::broker::memory::MemoryBroker;
+use herald_core::presence::memory::MemoryPresence;
+use herald_core::{Metrics, Node};
+use herald_protocol::CloseCode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::client_ip::IpFilter;
+use crate::config::{BrokerKind, Config};
+use crate::tls::TlsState;
+use crate::transport::websocket::WsOptions;
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The core.
+    pub node: Arc<Node>,
+    /// The configuration the server runs with.
+    pub config: Arc<Config>,
+    /// IP allow/deny lists and trusted proxies.
+    pub ip_filter: IpFilter,
+    /// Every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when shutdown starts: accept loops stop, HTTP connections wind down.
+    pub shutdown: CancellationToken,
+    /// When the server started, for `/status`.
+    pub started: tokio::time::Instant,
+}
+
+impl Shared {
+    /// WebSocket transport options from the node limits.
+    pub fn ws_options(&self) -> WsOptions {
+        WsOptions {
+            max_message_size: self.config.limits.max_message_size,
+            write_timeout: self.config.limits.write_timeout,
+        }
+    }
+}
+
+/// The bound listeners. Binding is separate from running so tests can bind port 0 and read
+/// the addresses, and so the binary can report a bind failure before anything starts.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The plain-text client listener.
+    pub main: TcpListener,
+    /// The TLS client listener, if configured.
+    pub tls: Option<TcpListener>,
+    /// The admin listener, if enabled.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Bind every configured listener. The error names the config key of the one that failed.
+    pub async fn bind(config: &Config) -> Result<Self, String> {
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
+        };
+        Ok(Self {
+            main: bind("server.listen", config.server.listen).await?,
+            tls: match &config.server.tls {
+                Some(tls) => Some(bind("server.tls.listen", tls.listen).await?),
+                None => None,
+            },
+            admin: if config.admin.enabled {
+                Some(bind("admin.listen", config.admin.listen).await?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The bound addresses: (main, tls, admin).
+    pub fn addrs(&self) -> (SocketAddr, Option<SocketAddr>, Option<SocketAddr>) {
+        let addr = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        (
+            addr(&self.main),
+            self.tls.as_ref().map(addr),
+            self.admin.as_ref().map(addr),
+        )
+    }
+}
+
+/// A built server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    tls: Option<Arc<TlsState>>,
+}
+
+impl Server {
+    /// Build the node and TLS state from a validated configuration. Must be called inside a
+    /// tokio runtime.
+    pub fn new(config: Config) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::new());
+        let broker: Arc<dyn herald_core::Broker> = match config.broker.kind {
+            BrokerKind::Memory => {
+                let dispatchers = match config.broker.dispatchers {
+                    0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    n => n,
+                };
+                Arc::new(MemoryBroker::new(dispatchers, config.broker.queue))
+            }
+        };
+        let presence = Arc::new(MemoryPresence::new());
+        let node = Node::start(
+            config.limits.clone(),
+            config.apps.clone(),
+            broker,
+            presence,
+            metrics,
+        )?;
+        let tls = config.server.tls.as_ref().map(TlsState::new).transpose()?;
+        let ip_filter = IpFilter::new(
+            config.server.ip_allow.clone(),
+            config.server.ip_deny.clone(),
+            config.server.trusted_proxies.clone(),
+        );
+        Ok(Self {
+            shared: Arc::new(Shared {
+                node,
+                config: Arc::new(config),
+                ip_filter,
+                tracker: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+                started: tokio::time::Instant::now(),
+            }),
+            tls,
+        })
+    }
+
+    /// The core node (for tests and embedding).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.shared.node
+    }
+
+    /// A handle that reloads the TLS certificate (the binary calls it on SIGHUP).
+    pub fn tls_reloader(&self) -> Option<Arc<TlsState>> {
+        self.tls.clone()
+    }
+
+    /// Serve until `shutdown` completes, then drain (see the module docs).
+    pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        let shared = self.shared;
+        let admin_stop = CancellationToken::new();
+        let mut loops = Vec::new();
+        loops.push(tokio::spawn(crate::listener::accept_loop(
+            listeners.main,
+            shared.clone(),
+            None,
+        )));
+        if let (Some(listener), Some(tls)) = (listeners.tls, self.tls.clone()) {
+            loops.push(tokio::spawn(crate::listener::accept_loop(
+                listener,
+                shared.clone(),
+                Some(tls.clone()),
+            )));
+            let interval = shared
+                .config
+                .server
+                .tls
+                .as_ref()
+                .map(|t| t.reload_interval)
+                .unwrap_or_default();
+            tokio::spawn(tls.watch(interval, shared.shutdown.clone()));
+        }
+        let admin = listeners
+            .admin
+            .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone(), admin_stop.clone())));
+
+        shutdown.await;
+
+        let grace = shared.config.server.shutdown_grace_period;
+        info!(grace = ?grace, "shutting down: no longer accepting, asking clients to reconnect");
+        shared.shutdown.cancel();
+        for l in loops {
+            let _ = l.await;
+        }
+        let asked = shared.node.drain(CloseCode::GoingAway);
+        shared.tracker.close();
+        if tokio::time::timeout(grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                asked,
+                remaining = shared.node.connection_count(),
+                "grace period over; closing the remaining connections"
+            );
+        } else {
+            info!(closed = asked, "all connections closed");
+        }
+        admin_stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+    }
+}

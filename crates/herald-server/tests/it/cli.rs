@@ -1,0 +1,177 @@
+//! The `herald` binary itself: zero-config start, config errors, `token` and `publish`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use serde_json::json;
+
+fn herald() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HERALD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn serve_with_no_config_starts_quickly_and_prints_dev_credentials() {
+    let (port, admin) = (free_port(), free_port());
+    let started = Instant::now();
+    let mut child = herald()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    let mut ready_after = None;
+    while let Some(Ok(line)) = lines.next() {
+        if line.contains("ready in") && ready_after.is_none() {
+            ready_after = Some(started.elapsed());
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("secret") {
+            break;
+        }
+    }
+    let ready_after = ready_after.expect("a ready line");
+    assert!(
+        ready_after < Duration::from_secs(1),
+        "ready after {ready_after:?}"
+    );
+    assert!(
+        seen.contains(&format!("ws://127.0.0.1:{port}/ws/")),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("herald-dev-key") && seen.contains("herald-dev-secret"),
+        "{seen}"
+    );
+    assert!(seen.contains("WARNING"), "{seen}");
+
+    // publish through the running binary with `herald publish`.
+    let out = herald()
+        .args([
+            "publish",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--channel",
+            "news",
+            "--event",
+            "hello",
+            "--data",
+            r#"{"from":"cli"}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["channels"], json!(["news"]));
+
+    // SIGTERM: a graceful, successful exit.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn invalid_config_exits_64_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("herald-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[limits]\nmax_connections = \"many\"\n").unwrap();
+    for sub in ["check-config", "serve"] {
+        let out = herald()
+            .args([sub, "--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("limits.max_connections"), "{sub}: {err}");
+    }
+    let out = herald()
+        .args(["serve"])
+        .env("HERALD_LIMITS__PING_INTERVAL", "0s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.ping_interval"));
+    std::fs::write(
+        &file,
+        "[[apps]]\nid = \"shop\"\nkey = \"shop-key\"\nsecret = \"long-enough-secret\"\n",
+    )
+    .unwrap();
+    let out = herald()
+        .args(["check-config", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("id=shop"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn token_command_mints_a_token_the_server_accepts() {
+    let out = herald()
+        .args([
+            "token",
+            "--user",
+            "ann",
+            "--channel",
+            "private-orders.*",
+            "--role",
+            "admin",
+            "--info",
+            r#"{"name":"Ann"}"#,
+            "--ttl",
+            "10m",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let app = herald_core::AppSettings::development();
+    let verifier = herald_core::auth::TokenVerifier::new(&app.jwt, &app.secret).unwrap();
+    let id = verifier.connection(token.trim()).unwrap();
+    assert_eq!(id.user_id.as_deref(), Some("ann"));
+    assert_eq!(id.roles, vec!["admin"]);
+    assert!(id.channels[0].matches("private-orders.7"));
+    let out = herald()
+        .args(["token", "--info", "{nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}

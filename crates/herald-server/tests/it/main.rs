@@ -1,0 +1,14 @@
+//! Integration tests: a real server on ephemeral ports, driven over real sockets by real
+//! clients. One test binary (see matklad, "Delete Cargo Integration Tests").
+
+mod harness;
+
+mod admin;
+mod api;
+mod auth;
+mod cli;
+mod limits;
+mod messaging;
+mod presence;
+mod shutdown;
+mod tls;
