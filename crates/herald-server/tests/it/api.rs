@@ -259,3 +259,17 @@ async fn disconnect_user_closes_all_their_connections() {
     assert_eq!(status, 200);
     tab3.expect_close(4200).await;
 }
+
+#[tokio::test]
+async fn a_disabled_app_answers_403() {
+    let server = TestServer::with(|c| c.apps[0].enabled = false).await;
+    let (status, b) = server
+        .api(
+            "POST",
+            "publish",
+            Some(json!({"channel": "a", "event": "e"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_error(&b, 208, "app_disabled");
+}

@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod limits;
 mod messaging;
+mod network;
 mod presence;
 mod shutdown;
 mod tls;

@@ -124,11 +124,27 @@ async fn wss_session_and_certificate_reload() {
     .await
     .unwrap();
     assert_eq!(next(&mut ws).await.kind, "subscribe");
-    server
-        .publish("secure", "over-tls", json!({"ok": true}))
-        .await;
+    // Publish through the HTTPS API.
+    let (https, _) = tls_connect(tls_addr, &ca).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(https))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("/api/{}/publish", crate::harness::APP_ID))
+        .header("host", "localhost")
+        .header(
+            "authorization",
+            format!("Bearer {}", crate::harness::SECRET),
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            json!({"channel": "secure", "event": "over-tls", "data": {"ok": true}}).to_string(),
+        )))
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
     let m = next(&mut ws).await;
     assert_eq!(m.event.as_deref(), Some("over-tls"));
+    assert_eq!(m.data, json!({"ok": true}));
 
     // Renew the certificate on disk: new handshakes get it, the open session lives on.
     let (cert_pem, key_pem, second_der) = leaf(&ca);
