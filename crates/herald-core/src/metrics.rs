@@ -112,6 +112,8 @@ pub struct Metrics {
     pub messages_published: AtomicU64,
     /// Messages written to client sockets (publications, replies, pings).
     pub messages_delivered: AtomicU64,
+    /// Socket writes (each carries every message queued for one connection at that moment).
+    pub socket_writes: AtomicU64,
     /// Messages dropped because a connection's queue overflowed or it was closing.
     pub messages_dropped: AtomicU64,
     /// Connections closed because they could not keep up.
@@ -205,6 +207,12 @@ impl Metrics {
             "herald_messages_delivered_total",
             "Messages written to client sockets.",
             &self.messages_delivered,
+        );
+        counter(
+            out,
+            "herald_socket_writes_total",
+            "Socket writes; messages delivered divided by this is the mean write batch.",
+            &self.socket_writes,
         );
         counter(
             out,

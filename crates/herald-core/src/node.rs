@@ -380,6 +380,17 @@ impl Node {
     /// Publish one event to one or more channels of `app`, through the broker.
     pub async fn publish(&self, app: &App, req: PublishRequest) -> Result<PublishReceipt, Refusal> {
         let channels = self.validate_publish(app, &req)?;
+        self.publish_validated(app, channels, req).await
+    }
+
+    /// Publish a request already checked by [`Node::validate_publish`], which returned
+    /// `channels` (a batch validates every event first, then publishes each this way).
+    pub async fn publish_validated(
+        &self,
+        app: &App,
+        channels: Vec<ChannelName>,
+        req: PublishRequest,
+    ) -> Result<PublishReceipt, Refusal> {
         let id: Arc<str> = Arc::from(self.ids.next().as_str());
         let event: Arc<str> = Arc::from(req.event.as_str());
         let timestamp = unix_ms();

@@ -33,11 +33,7 @@ use crate::http::{
 use crate::server::Shared;
 
 /// Route and serve one API request; `path` is what follows `/api/`.
-pub async fn handle(
-    shared: &Arc<Shared>,
-    req: Request<Incoming>,
-    path: &[String],
-) -> Response<Body> {
+pub async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> Response<Body> {
     let metrics = &shared.node.metrics;
     herald_core::Metrics::inc(&metrics.api_requests);
     let response = serve(shared, req, path).await;
@@ -47,7 +43,7 @@ pub async fn handle(
     response
 }
 
-async fn serve(shared: &Arc<Shared>, req: Request<Incoming>, path: &[String]) -> Response<Body> {
+async fn serve(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> Response<Body> {
     let Some((app_id, rest)) = path.split_first() else {
         return fail(ErrorCode::NotFound, "API paths start with /api/{app_id}/");
     };
@@ -69,9 +65,8 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>, path: &[String]) ->
     if !app.settings.enabled {
         return fail(ErrorCode::AppDisabled, "app is disabled");
     }
-    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     let method = req.method().clone();
-    match (&method, rest.as_slice()) {
+    match (&method, rest) {
         (&Method::POST, ["publish"]) => publish(shared, &app, req).await,
         (&Method::POST, ["batch"]) => batch(shared, &app, req).await,
         (&Method::POST, ["users", user, "events"]) => {
@@ -230,22 +225,34 @@ async fn publish(shared: &Arc<Shared>, app: &Arc<App>, req: Request<Incoming>) -
         Ok(Err(refusal)) => return error(&refusal),
         Err(r) => return r,
     };
-    if let Err(r) = shared.node.validate_publish(app, &request) {
-        return error(&r);
-    }
     if let Err(r) = rate_limit(app, 1) {
         return r;
     }
     match shared.node.publish(app, request).await {
-        Ok(receipt) => json_response(
-            StatusCode::OK,
-            &json!({
-                "id": &*receipt.id,
-                "channels": receipt.channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
-            }),
-        ),
+        Ok(receipt) => receipt_response(&receipt),
         Err(r) => error(&r),
     }
+}
+
+/// `{"id":"…","channels":[…]}`, written directly: this is the API's hottest answer.
+fn receipt_response(receipt: &herald_core::node::PublishReceipt) -> Response<Body> {
+    let mut out = Vec::with_capacity(48 + receipt.channels.len() * 24);
+    out.extend_from_slice(b"{\"id\":");
+    herald_protocol::json::write_str(&mut out, &receipt.id);
+    out.extend_from_slice(b",\"channels\":[");
+    for (i, c) in receipt.channels.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        herald_protocol::json::write_str(&mut out, c.as_str());
+    }
+    out.extend_from_slice(b"]}");
+    let mut resp = Response::new(crate::http::full(out));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 #[derive(Deserialize)]
@@ -280,17 +287,17 @@ async fn batch(shared: &Arc<Shared>, app: &Arc<App>, req: Request<Incoming>) -> 
             Ok(r) => r,
             Err(r) => return error(&Refusal::new(r.code, format!("events[{i}]: {}", r.message))),
         };
-        if let Err(r) = shared.node.validate_publish(app, &request) {
-            return error(&Refusal::new(r.code, format!("events[{i}]: {}", r.message)));
+        match shared.node.validate_publish(app, &request) {
+            Ok(channels) => requests.push((channels, request)),
+            Err(r) => return error(&Refusal::new(r.code, format!("events[{i}]: {}", r.message))),
         }
-        requests.push(request);
     }
     if let Err(r) = rate_limit(app, requests.len()) {
         return r;
     }
     let mut results = Vec::with_capacity(requests.len());
-    for request in requests {
-        match shared.node.publish(app, request).await {
+    for (channels, request) in requests {
+        match shared.node.publish_validated(app, channels, request).await {
             Ok(receipt) => results.push(json!({
                 "id": &*receipt.id,
                 "channels": receipt.channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),

@@ -65,6 +65,10 @@ pub struct ServerConfig {
     pub ip_deny: Vec<IpNet>,
     /// Largest HTTP request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Pending-connection queue of each client listener (the kernel caps it at
+    /// `net.core.somaxconn`). Too small a queue drops SYNs in a reconnect storm, and each
+    /// dropped client waits a second to retry.
+    pub listen_backlog: u32,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +82,7 @@ impl Default for ServerConfig {
             ip_allow: Vec::new(),
             ip_deny: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            listen_backlog: 4096,
         }
     }
 }
@@ -258,6 +263,9 @@ impl Config {
                 "server.max_body_bytes".into(),
                 "must be at least 1024".into(),
             ));
+        }
+        if self.server.listen_backlog == 0 {
+            problems.push(("server.listen_backlog".into(), "must be at least 1".into()));
         }
         if self.server.handshake_timeout.is_zero() {
             problems.push((

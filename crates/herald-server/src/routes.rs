@@ -40,10 +40,7 @@ pub async fn handle(
             let app_key = (*app_key).to_owned();
             websocket(&shared, client_ip, req, &app_key)
         }
-        (_, ["api", rest @ ..]) => {
-            let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
-            crate::api::handle(&shared, req, &rest).await
-        }
+        (_, ["api", rest @ ..]) => crate::api::handle(&shared, req, rest).await,
         _ => fail(ErrorCode::NotFound, format!("no route for {path}")),
     };
     Ok(response)

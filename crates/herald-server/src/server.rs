@@ -72,10 +72,9 @@ pub struct Listeners {
 impl Listeners {
     /// Bind every configured listener. The error names the config key of the one that failed.
     pub async fn bind(config: &Config) -> Result<Self, String> {
+        let backlog = config.server.listen_backlog;
         let bind = |key: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
+            listen(addr, backlog).map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
         };
         Ok(Self {
             main: bind("server.listen", config.server.listen).await?,
@@ -100,6 +99,18 @@ impl Listeners {
             self.admin.as_ref().map(addr),
         )
     }
+}
+
+/// Bind a listener with `SO_REUSEADDR` (a restart can rebind at once) and `backlog`.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// A built server, ready to run.

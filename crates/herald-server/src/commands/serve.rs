@@ -18,6 +18,7 @@ pub fn run(args: &ConfigArgs, overrides: Overrides) -> ExitCode {
         Err(code) => return code,
     };
     crate::telemetry::init(&config.log);
+    raise_open_file_limit(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,6 +51,26 @@ pub fn run(args: &ConfigArgs, overrides: Overrides) -> ExitCode {
         info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Raise the open-file soft limit to the hard limit (each connection is a descriptor), and
+/// warn when even that is below the configured connection limit.
+fn raise_open_file_limit(config: &Config) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let wanted = u64::from(config.limits.max_connections) + 64;
+            if limit < wanted {
+                warn!(
+                    open_files = limit,
+                    max_connections = config.limits.max_connections,
+                    "the open-file limit is below limits.max_connections; raise it (ulimit -n, LimitNOFILE)"
+                );
+            } else {
+                info!(open_files = limit, "open-file limit");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
 }
 
 /// Say where the server listens, and warn loudly about development credentials.

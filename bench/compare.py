@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Run one herald-bench scenario against Herald and the baselines, alternating, and print
+medians, min-max and Herald's ratio to each.
+
+Usage: bench/compare.sh SCENARIO [--runs N] [--servers herald,floor,node-ws,soketi]
+(compare.sh builds the binaries and installs the baselines, then calls this script).
+
+Every server is started fresh for every run, bound to 127.0.0.1 only, and stopped after it.
+Runs alternate between servers (run 1: all servers, then run 2: all servers, ...) so slow
+drifts of the machine affect every server alike. Raw results go to bench/results/.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "target", "release", "herald-bench")
+HERALD = os.path.join(ROOT, "target", "release", "herald")
+
+# Each server: how to start it, where it listens, and how herald-bench talks to it.
+SERVERS = {
+    "herald": {
+        "cmd": [HERALD, "serve", "--listen", "127.0.0.1:6001", "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
+        "cwd": ROOT,
+        "port": 6001,
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
+    },
+    "floor": {
+        "cmd": [BENCH, "floor", "--listen", "127.0.0.1:6401"],
+        "env": {},
+        "cwd": ROOT,
+        "port": 6401,
+        "args": ["--addr", "127.0.0.1:6401", "--protocol", "native"],
+    },
+    "node-ws": {
+        "cmd": ["node", "server.js"],
+        "env": {"PORT": "6201", "HOST": "127.0.0.1", "APP_SECRET": "app-secret-1234"},
+        "cwd": os.path.join(ROOT, "bench", "baselines", "node-ws"),
+        "port": 6201,
+        "args": ["--addr", "127.0.0.1:6201", "--protocol", "native", "--app-id", "app", "--secret", "app-secret-1234"],
+    },
+    "soketi": {
+        "cmd": ["bash", "start.sh"],
+        "env": {"PORT": "6301"},
+        "cwd": os.path.join(ROOT, "bench", "baselines", "soketi"),
+        "port": 6301,
+        "args": ["--addr", "127.0.0.1:6301", "--protocol", "pusher", "--app-id", "app", "--app-key", "app-key", "--secret", "app-secret-1234"],
+    },
+}
+
+# Per scenario: the herald-bench arguments, which servers make sense, and the headline
+# metrics (path in the JSON result, whether higher is better, unit).
+SCENARIOS = {
+    "idle": {
+        "args": ["idle", "--connections", "15000", "--channels", "100", "--workers", "2", "--source-ips", "4", "--inflight", "1024"],
+        "servers": ["herald", "node-ws", "soketi"],
+        "metrics": [
+            ("server_bytes_per_connection", False, "bytes/conn"),
+            ("connect_rate_per_sec", True, "conn/s"),
+        ],
+    },
+    "fanout": {
+        "args": ["fanout", "--subscribers", "10000", "--messages", "20", "--rate", "4", "--workers", "2", "--source-ips", "2"],
+        "servers": ["herald", "floor", "node-ws", "soketi"],
+        "metrics": [
+            ("publish_to_last_delivery_ms.median", False, "ms"),
+            ("delivery_latency.p99_ms", False, "ms"),
+            ("publish_reply.p50_ms", False, "ms"),
+        ],
+    },
+    "throughput": {
+        "args": ["throughput", "--connections", "1000", "--channels", "10", "--per-connection", "10",
+                 "--start-rate", "50", "--step-factor", "1.3", "--step-secs", "5", "--max-steps", "18", "--workers", "2"],
+        "servers": ["herald", "floor", "node-ws", "soketi"],
+        "metrics": [
+            ("sustained.delivered_per_sec", True, "msg/s"),
+            ("sustained.p99_ms", False, "ms"),
+        ],
+    },
+    "publish-api": {
+        "args": ["publish-api", "--concurrency", "64", "--secs", "10", "--subscribers", "2"],
+        "servers": ["herald", "node-ws", "soketi"],
+        "metrics": [
+            ("publishes_per_sec", True, "pub/s"),
+            ("publish_reply.p99_ms", False, "ms"),
+        ],
+    },
+    "churn": {
+        "args": ["churn", "--cycles", "200000", "--concurrency", "64", "--workers", "2"],
+        "servers": ["herald", "node-ws", "soketi"],
+        "metrics": [
+            ("cycles_per_sec", True, "cycles/s"),
+            ("rss_growth_after_reference_percent", False, "%"),
+        ],
+    },
+}
+
+
+def wait_port(port, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def start(name):
+    s = SERVERS[name]
+    env = dict(os.environ)
+    env.update(s["env"])
+    proc = subprocess.Popen(s["cmd"], cwd=s["cwd"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    if not wait_port(s["port"]):
+        stop(proc)
+        raise RuntimeError(f"{name} did not start listening on {s['port']}")
+    time.sleep(0.5)
+    return proc
+
+
+def server_pid(proc):
+    """The pid of the process that actually serves (a shell script may exec or spawn node)."""
+    try:
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    except OSError:
+        children = []
+    return int(children[0]) if children else proc.pid
+
+
+def stop(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(1.0)
+
+
+def get(result, path):
+    v = result
+    for part in path.split("."):
+        if not isinstance(v, dict) or part not in v or v[part] is None:
+            return None
+        v = v[part]
+    return v
+
+
+def run_one(scenario, name, label):
+    proc = start(name)
+    try:
+        args = [BENCH] + SCENARIOS[scenario]["args"] + SERVERS[name]["args"] + [
+            "--server-pid", str(server_pid(proc)), "--label", name, "--json"]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+        if out.returncode != 0:
+            print(f"  {label}: herald-bench failed: {out.stderr.strip()[-400:]}", file=sys.stderr)
+            return None
+        return json.loads(out.stdout)
+    finally:
+        stop(proc)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("scenario", choices=SCENARIOS)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--servers", default=None, help="comma-separated subset")
+    a = p.parse_args()
+    spec = SCENARIOS[a.scenario]
+    servers = a.servers.split(",") if a.servers else spec["servers"]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    outdir = os.path.join(ROOT, "bench", "results", f"{stamp}-{a.scenario}")
+    os.makedirs(outdir, exist_ok=True)
+    results = {s: [] for s in servers}
+    for run in range(a.runs):
+        order = servers[run % len(servers):] + servers[:run % len(servers)]
+        for name in order:
+            label = f"run {run + 1}/{a.runs} {name}"
+            print(f"== {a.scenario}: {label}", file=sys.stderr, flush=True)
+            r = run_one(a.scenario, name, label)
+            if r is not None:
+                results[name].append(r)
+                with open(os.path.join(outdir, f"{name}-{run + 1}.json"), "w") as f:
+                    json.dump(r, f, indent=1)
+    summary = {"scenario": a.scenario, "runs": a.runs, "command": " ".join(spec["args"]), "servers": {}}
+    print()
+    print(f"scenario {a.scenario}, {a.runs} runs each: herald-bench {' '.join(spec['args'])}")
+    for path, higher, unit in spec["metrics"]:
+        print(f"\n  {path} ({unit}, {'higher' if higher else 'lower'} is better)")
+        herald_median = None
+        rows = []
+        for name in servers:
+            values = [get(r, path) for r in results[name]]
+            values = [v for v in values if isinstance(v, (int, float))]
+            if not values:
+                rows.append((name, None, None, None))
+                continue
+            med = statistics.median(values)
+            rows.append((name, med, min(values), max(values)))
+            if name == "herald":
+                herald_median = med
+            summary["servers"].setdefault(name, {})[path] = {"median": med, "min": min(values), "max": max(values), "values": values}
+        for name, med, lo, hi in rows:
+            if med is None:
+                print(f"    {name:<8} no result")
+                continue
+            ratio = ""
+            if herald_median and name != "herald" and med:
+                r = (herald_median / med) if higher else (med / herald_median)
+                ratio = f"   herald is {r:.2f}x {'better' if r >= 1 else 'worse'}"
+            print(f"    {name:<8} median {med:>12.3f}   min-max {lo:.3f} - {hi:.3f}{ratio}")
+    losses = {}
+    for name in servers:
+        for r in results[name]:
+            exp, got = get(r, "messages_expected"), get(r, "messages_received")
+            if exp is not None and got is not None and exp != got:
+                losses.setdefault(name, []).append(f"{got}/{exp}")
+    print("\n  loss: " + (", ".join(f"{k}: {v}" for k, v in losses.items()) if losses else "none (every expected message received)"))
+    with open(os.path.join(outdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"\n  raw results: {os.path.relpath(outdir, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+//! [`Target`]: the server under test, and how to speak to it in its protocol.
+//!
+//! Two protocols are spoken: Herald's native protocol (Herald, the floor broadcaster and the
+//! Node `ws` baseline) and the Pusher Channels protocol v7 (Soketi, Sockudo, Reverb, and
+//! Herald once it speaks Pusher). Everything protocol-specific lives here.
+
+use std::fmt::Write as _;
+
+use hmac::{Hmac, Mac};
+use md5::{Digest as _, Md5};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// The client protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Herald's native JSON protocol: `/ws/{key}`, `POST /api/{app}/publish`.
+    Native,
+    /// Pusher Channels protocol v7: `/app/{key}`, `POST /apps/{id}/events` with signatures.
+    Pusher,
+}
+
+/// The server under test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    /// Client protocol.
+    pub protocol: Protocol,
+    /// `host:port` of the WebSocket and HTTP API listener.
+    pub addr: std::net::SocketAddr,
+    /// App id (API paths).
+    pub app_id: String,
+    /// App key (client URLs).
+    pub app_key: String,
+    /// App secret (API authentication).
+    pub secret: String,
+}
+
+/// What a received text frame is, as far as the load tool cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// The connection greeting.
+    Connected,
+    /// A subscription acknowledgement.
+    Subscribed,
+    /// A server heartbeat that needs an answer.
+    Ping,
+    /// An error or refusal.
+    Error,
+    /// A measured delivery: sequence number and send time (µs since the Unix epoch).
+    Delivery(u64, u64),
+    /// Anything else.
+    Other,
+}
+
+impl Target {
+    /// The WebSocket request path.
+    pub fn ws_path(&self) -> String {
+        match self.protocol {
+            Protocol::Native => format!("/ws/{}", self.app_key),
+            Protocol::Pusher => format!(
+                "/app/{}?protocol=7&client=js&version=8.4.0&flash=false",
+                self.app_key
+            ),
+        }
+    }
+
+    /// The subscribe message for `channel`.
+    pub fn subscribe_message(&self, channel: &str) -> String {
+        match self.protocol {
+            Protocol::Native => format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#),
+            Protocol::Pusher => {
+                format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#)
+            }
+        }
+    }
+
+    /// The answer to a server heartbeat.
+    pub fn pong_message(&self) -> &'static str {
+        match self.protocol {
+            Protocol::Native => r#"{"type":"pong"}"#,
+            Protocol::Pusher => r#"{"event":"pusher:pong","data":{}}"#,
+        }
+    }
+
+    /// Classify a received text frame.
+    pub fn classify(&self, text: &[u8]) -> Frame {
+        if let Some(d) = delivery(text) {
+            return Frame::Delivery(d.0, d.1);
+        }
+        let has = |needle: &[u8]| memmem(text, needle);
+        match self.protocol {
+            Protocol::Native => {
+                if has(br#""type":"connected""#) {
+                    Frame::Connected
+                } else if has(br#""type":"subscribe""#) {
+                    Frame::Subscribed
+                } else if has(br#""type":"ping""#) {
+                    Frame::Ping
+                } else if has(br#""type":"error""#) {
+                    Frame::Error
+                } else {
+                    Frame::Other
+                }
+            }
+            Protocol::Pusher => {
+                if has(b"pusher:connection_established") {
+                    Frame::Connected
+                } else if has(b"pusher_internal:subscription_succeeded") {
+                    Frame::Subscribed
+                } else if has(b"pusher:ping") {
+                    Frame::Ping
+                } else if has(b"pusher:error") || has(b"pusher:subscription_error") {
+                    Frame::Error
+                } else {
+                    Frame::Other
+                }
+            }
+        }
+    }
+
+    /// An HTTP publish of `data` (a JSON object text) as event `event` to `channels`:
+    /// `(path with query, body, bearer token)`.
+    pub fn publish_request(
+        &self,
+        channels: &[&str],
+        event: &str,
+        data: &str,
+    ) -> (String, Vec<u8>, Option<String>) {
+        let list = channels
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        match self.protocol {
+            Protocol::Native => {
+                let body = format!(r#"{{"channels":[{list}],"event":"{event}","data":{data}}}"#);
+                (
+                    format!("/api/{}/publish", self.app_id),
+                    body.into_bytes(),
+                    Some(self.secret.clone()),
+                )
+            }
+            Protocol::Pusher => {
+                let data_string = serde_json::to_string(data).expect("a str serialises");
+                let body =
+                    format!(r#"{{"name":"{event}","channels":[{list}],"data":{data_string}}}"#);
+                let path = format!("/apps/{}/events", self.app_id);
+                let query = pusher_query(
+                    &self.app_key,
+                    &self.secret,
+                    "POST",
+                    &path,
+                    body.as_bytes(),
+                    unix_secs(),
+                );
+                (format!("{path}?{query}"), body.into_bytes(), None)
+            }
+        }
+    }
+}
+
+/// The signed query string of a Pusher HTTP API request.
+pub fn pusher_query(
+    key: &str,
+    secret: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timestamp: u64,
+) -> String {
+    let body_md5 = hex(&Md5::digest(body));
+    let params =
+        format!("auth_key={key}&auth_timestamp={timestamp}&auth_version=1.0&body_md5={body_md5}");
+    let to_sign = format!("{method}\n{path}\n{params}");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(to_sign.as_bytes());
+    let signature = hex(&mac.finalize().into_bytes());
+    format!("{params}&auth_signature={signature}")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_secs() -> u64 {
+    unix_micros() / 1_000_000
+}
+
+/// Microseconds since the Unix epoch: the clock every send and receive time uses.
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The payload of measured message `seq`, padded to about `size` bytes.
+pub fn payload(seq: u64, size: usize) -> String {
+    let t = unix_micros();
+    let head = format!(r#"{{"hb_seq":{seq},"hb_t":{t},"pad":""#);
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut s = String::with_capacity(head.len() + pad + 2);
+    s.push_str(&head);
+    s.extend(std::iter::repeat_n('x', pad));
+    s.push_str("\"}");
+    s
+}
+
+/// Find `hb_seq` and `hb_t` in a frame, whatever its protocol's encoding (a Pusher `data` is
+/// a JSON string, so the fields appear as `\"hb_seq\":…`).
+pub fn delivery(text: &[u8]) -> Option<(u64, u64)> {
+    let at = memchr::memmem::find(text, b"hb_seq")? + b"hb_seq".len();
+    let seq = parse_number(&text[at..])?;
+    // hb_t follows hb_seq closely: search only the next few bytes.
+    let near = &text[at..text.len().min(at + 40)];
+    let t = number_after(near, b"hb_t")?;
+    Some((seq, t))
+}
+
+fn number_after(text: &[u8], name: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(text, name)? + name.len();
+    parse_number(&text[at..])
+}
+
+/// The decimal number starting within the first 4 bytes of `rest` (after `":` or `\":`).
+fn parse_number(rest: &[u8]) -> Option<u64> {
+    let start = rest.iter().take(4).position(u8::is_ascii_digit)?;
+    let mut n: u64 = 0;
+    let mut any = false;
+    for b in &rest[start..] {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        any = true;
+    }
+    any.then_some(n)
+}
+
+fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pusher_signature_matches_the_documented_example() {
+        // The worked example of the Pusher HTTP API documentation.
+        let body = br#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
+        let q = pusher_query(
+            "278d425bdf160c739803",
+            "7ad3773142a6692b25b8",
+            "POST",
+            "/apps/3/events",
+            body,
+            1353088179,
+        );
+        assert!(
+            q.contains("body_md5=ec365a775a4cd0599faeb73354201b6f"),
+            "{q}"
+        );
+        assert!(
+            q.ends_with(
+                "auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"
+            ),
+            "{q}"
+        );
+    }
+
+    #[test]
+    fn finds_measurements_in_both_encodings() {
+        let p = payload(42, 100);
+        assert!(p.len() >= 99 && p.len() <= 101, "{}", p.len());
+        let native = format!(r#"{{"type":"event","data":{p}}}"#);
+        let (seq, t) = delivery(native.as_bytes()).unwrap();
+        assert_eq!(seq, 42);
+        assert!(t > 1_600_000_000_000_000);
+        let pusher = format!(
+            r#"{{"event":"e","channel":"c","data":{}}}"#,
+            serde_json::to_string(&p).unwrap()
+        );
+        assert_eq!(delivery(pusher.as_bytes()).unwrap().0, 42);
+        assert_eq!(delivery(br#"{"type":"ping"}"#), None);
+    }
+}
