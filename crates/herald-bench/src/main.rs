@@ -129,7 +129,12 @@ fn main() -> ExitCode {
                label: &str| {
         raise_fd_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(
+                std::env::var("HERALD_BENCH_THREADS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(2),
+            )
             .enable_all()
             .build()
             .expect("runtime");

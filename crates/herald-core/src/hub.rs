@@ -14,7 +14,6 @@
 //! subscriber's queue (see `outbound.rs`). No allocation, no encoding, no syscall.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -79,9 +78,7 @@ impl Hub {
     }
 
     fn shard(&self, channel: &str) -> &RwLock<ChannelMap> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        channel.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[crate::shard::shard_of(&[channel.as_bytes()], SHARDS)]
     }
 
     /// Add `handle` to `channel`. Subscribing twice replaces the first entry.

@@ -42,6 +42,7 @@ pub mod registry;
 pub mod secret;
 pub mod session;
 pub mod settings;
+pub mod shard;
 pub mod wire;
 
 pub use app::App;

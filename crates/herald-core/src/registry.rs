@@ -2,7 +2,6 @@
 //! user id. Used for direct sends, forced disconnects, the heartbeat and shutdown.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use herald_protocol::SocketId;
@@ -44,9 +43,8 @@ impl SessionRegistry {
     }
 
     fn shard(&self, id: SocketId) -> &Mutex<SocketMap> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut h);
-        &self.sockets[(h.finish() as usize) % SHARDS]
+        let key = [id.high().to_le_bytes(), id.low().to_le_bytes()].concat();
+        &self.sockets[crate::shard::shard_of(&[&key], SHARDS)]
     }
 
     /// Add a connection. Returns false (and adds nothing) if the socket id is taken.

@@ -16,6 +16,7 @@
 //! | GET | `channels/{name}` | one channel's subscriber and presence counts |
 //! | GET | `channels/{name}/presence` | a presence channel's members |
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use herald_core::node::PublishRequest;
@@ -143,18 +144,20 @@ fn channel(name: &str) -> Result<ChannelName, Refusal> {
     ChannelName::new(name).map_err(|e| Refusal::new(ErrorCode::InvalidChannel, e.to_string()))
 }
 
-/// The body of a publish (and of each batch entry).
+/// The body of a publish (and of each batch entry). Strings borrow from the body where
+/// they have no escapes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishBody<'a> {
     /// One channel…
-    #[serde(default)]
-    channel: Option<String>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
     /// …or several.
-    #[serde(default)]
-    channels: Option<Vec<String>>,
+    #[serde(borrow, default)]
+    channels: Option<Vec<Cow<'a, str>>>,
     /// The event name.
-    event: String,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
     /// The data: any JSON value (null when absent).
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
@@ -166,8 +169,8 @@ struct PublishBody<'a> {
 impl PublishBody<'_> {
     fn into_request(self) -> Result<PublishRequest, Refusal> {
         let channels = match (self.channel, self.channels) {
-            (Some(c), None) => vec![c],
-            (None, Some(cs)) => cs,
+            (Some(c), None) => vec![c.into_owned()],
+            (None, Some(cs)) => cs.into_iter().map(Cow::into_owned).collect(),
             (Some(_), Some(_)) => {
                 return Err(Refusal::new(
                     ErrorCode::InvalidRequest,
@@ -188,7 +191,7 @@ impl PublishBody<'_> {
             .map_err(|e| Refusal::new(ErrorCode::InvalidRequest, format!("exclude_socket: {e}")))?;
         Ok(PublishRequest {
             channels,
-            event: self.event,
+            event: self.event.into_owned(),
             data: self.data.map_or_else(RawJson::null, RawJson::from_raw),
             exclude,
         })

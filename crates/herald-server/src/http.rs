@@ -84,8 +84,31 @@ pub async fn read_body(
     req: Request<hyper::body::Incoming>,
     max: usize,
 ) -> Result<Bytes, Response<Body>> {
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+    // Most bodies arrive as one frame: keep it without copying; concatenate otherwise.
+    let mut body = Limited::new(req.into_body(), max);
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let result = loop {
+        match body.frame().await {
+            None => break Ok(()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    match &first {
+                        None if rest.is_empty() => first = Some(data),
+                        _ => {
+                            if let Some(f) = first.take() {
+                                rest.extend_from_slice(&f);
+                            }
+                            rest.extend_from_slice(&data);
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => break Err(e),
+        }
+    };
+    match result.map(|()| first.unwrap_or_else(|| Bytes::from(rest))) {
+        Ok(bytes) => Ok(bytes),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(fail(
             ErrorCode::PayloadTooLarge,
             format!("request body is larger than {max} bytes"),

@@ -13,7 +13,6 @@
 //! `unsubscribe` have nothing to do: every publication reaches the local handler, which
 //! ignores channels without subscribers.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -68,10 +67,11 @@ impl MemoryBroker {
     }
 
     fn sender_for(&self, app_id: &str, channel: &ChannelName) -> &mpsc::Sender<Dispatch> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        app_id.hash(&mut h);
-        channel.as_str().hash(&mut h);
-        &self.senders[(h.finish() as usize) % self.senders.len()]
+        let i = crate::shard::shard_of(
+            &[app_id.as_bytes(), channel.as_str().as_bytes()],
+            self.senders.len(),
+        );
+        &self.senders[i]
     }
 }
 
