@@ -102,7 +102,7 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Publish to every node subscribed to the publication's channel, this one included.
     /// Returns once the broker has accepted it, without waiting for the fan-out.
-    async fn publish(&self, publication: Publication) -> Result<(), BrokerError>;
+    async fn publish(&self, publication: Arc<Publication>) -> Result<(), BrokerError>;
 
     /// Deliver a control message to every node, this one included.
     async fn control(&self, control: Control) -> Result<(), BrokerError>;

@@ -13,6 +13,7 @@ use herald_protocol::CloseCode;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::outbound::OutItem;
+use crate::wire::Protocol;
 
 /// Run sweeps until the node is dropped.
 pub(crate) async fn run(node: Weak<Node>) {
@@ -34,12 +35,32 @@ fn sweep_period(ping_interval: Duration) -> Duration {
     (ping_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
-/// Ping idle connections and close silent ones.
+/// Ping idle connections, close silent ones, and close Pusher connections that did not
+/// sign in within their app's `user_authentication_timeout`.
 pub(crate) fn sweep(node: &Node) {
     let now = node.clock.now_ms();
     let ping = node.limits.ping_interval.as_millis() as u64;
     let timeout = node.limits.activity_timeout.as_millis() as u64;
+    let signin_deadlines: Vec<(&str, u64)> = node
+        .apps
+        .all()
+        .iter()
+        .filter_map(|a| {
+            a.settings
+                .user_authentication_timeout
+                .map(|t| (&*a.id, t.as_millis() as u64))
+        })
+        .collect();
     node.sessions.for_each(|h| {
+        if !signin_deadlines.is_empty()
+            && h.protocol == Protocol::Pusher
+            && !h.is_authorized()
+            && let Some((_, limit)) = signin_deadlines.iter().find(|(id, _)| **id == *h.app_id)
+            && now.saturating_sub(h.connected_ms()) >= *limit
+        {
+            h.close(CloseCode::Unauthorized);
+            return;
+        }
         let idle = now.saturating_sub(h.last_activity_ms());
         if idle >= timeout {
             if h.closing().is_none() {

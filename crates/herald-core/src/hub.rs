@@ -149,9 +149,10 @@ impl Hub {
             if publication.exclude == Some(*socket) {
                 continue;
             }
-            let bytes = publication.encoded(handle.protocol).clone();
-            handle.push_message(bytes, Some(publication.received_at), metrics);
-            queued += 1;
+            if let Some(bytes) = publication.encoded(handle.protocol) {
+                handle.push_message(bytes.clone(), Some(publication.received_at), metrics);
+                queued += 1;
+            }
         }
         queued
     }
@@ -215,7 +216,7 @@ mod tests {
             Arc::from("id-1"),
             Payload::Event {
                 event: Arc::from("e"),
-                data: RawJson::string("hi"),
+                data: crate::publication::EventData::Json(RawJson::string("hi")),
                 user_id: None,
             },
             exclude,

@@ -14,7 +14,9 @@
 //! - [`wire`]: the per-protocol encodings of server messages.
 //! - [`broker`]: the [`Broker`] trait and its contract; [`broker::memory`] for one node.
 //! - [`presence`]: the [`PresenceManager`] trait; [`presence::memory`] for one node.
-//! - [`auth`]: token verification and channel authorisation.
+//! - [`auth`]: token verification and channel authorisation; [`pusher_auth`]: Pusher
+//!   signatures for channels and sign-in.
+//! - [`webhook`]: webhook events and their debounce; [`cache`]: cache channels' last event.
 //! - [`settings`]: per-app and per-node settings, with every default.
 //! - [`heartbeat`]: pings idle connections and closes silent ones.
 //! - [`registry`], [`metrics`], [`ratelimit`], [`pattern`], [`ids`], [`clock`], [`secret`],
@@ -25,6 +27,7 @@
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod cache;
 pub mod clock;
 pub mod heartbeat;
 pub mod hub;
@@ -35,6 +38,7 @@ pub mod outbound;
 pub mod pattern;
 pub mod presence;
 pub mod publication;
+pub mod pusher_auth;
 pub mod ratelimit;
 pub mod raw_json;
 pub mod refusal;
@@ -43,6 +47,7 @@ pub mod secret;
 pub mod session;
 pub mod settings;
 pub mod shard;
+pub mod webhook;
 pub mod wire;
 
 pub use app::App;
@@ -51,10 +56,10 @@ pub use metrics::Metrics;
 pub use node::{ConnectRefusal, ConnectRequest, Node, PublishRequest};
 pub use outbound::{OutItem, SessionHandle};
 pub use presence::PresenceManager;
-pub use publication::{DirectMessage, Publication};
+pub use publication::{DirectMessage, EventData, Publication};
 pub use raw_json::RawJson;
 pub use refusal::Refusal;
 pub use secret::Secret;
 pub use session::Session;
-pub use settings::{AppSettings, NodeLimits};
+pub use settings::{AppSettings, NodeLimits, WebhookSettings};
 pub use wire::Protocol;

@@ -122,6 +122,12 @@ pub struct Metrics {
     pub activity_timeouts: AtomicU64,
     /// Client requests refused with an error message.
     pub client_errors: AtomicU64,
+    /// Webhook events dropped because the sender's queue was full.
+    pub webhooks_dropped: AtomicU64,
+    /// Webhook requests answered with a 2xx.
+    pub webhooks_sent: AtomicU64,
+    /// Webhook batches given up after retrying for the whole retry window.
+    pub webhooks_failed: AtomicU64,
     /// HTTP API requests served.
     pub api_requests: AtomicU64,
     /// HTTP API requests answered with an error status.
@@ -249,6 +255,24 @@ impl Metrics {
             "herald_api_errors_total",
             "HTTP API requests answered with an error status.",
             &self.api_errors,
+        );
+        counter(
+            out,
+            "herald_webhooks_sent_total",
+            "Webhook requests answered with a 2xx.",
+            &self.webhooks_sent,
+        );
+        counter(
+            out,
+            "herald_webhooks_failed_total",
+            "Webhook batches given up after the retry window.",
+            &self.webhooks_failed,
+        );
+        counter(
+            out,
+            "herald_webhooks_dropped_total",
+            "Webhook events dropped because the sender's queue was full.",
+            &self.webhooks_dropped,
         );
         self.publish_to_write.render(
             out,

@@ -17,6 +17,7 @@ use tracing::warn;
 
 use crate::app::{App, AppRegistry};
 use crate::broker::{Broker, BrokerHandler, BrokerHealth, Control};
+use crate::cache::ChannelCache;
 use crate::clock::{NodeClock, unix_ms};
 use crate::heartbeat;
 use crate::hub::Hub;
@@ -24,11 +25,11 @@ use crate::ids::IdGenerator;
 use crate::metrics::Metrics;
 use crate::outbound::{QueueLimits, SessionHandle};
 use crate::presence::PresenceManager;
-use crate::publication::{DirectMessage, Member, Payload, Publication};
-use crate::raw_json::RawJson;
+use crate::publication::{DirectMessage, EventData, Member, Payload, Publication};
 use crate::refusal::Refusal;
 use crate::session::Session;
 use crate::settings::{AppSettings, NodeLimits};
+use crate::webhook::{WebhookEmitter, WebhookEvent};
 use crate::wire::Protocol;
 
 /// What a transport knows about a connection attempt.
@@ -76,7 +77,7 @@ pub struct PublishRequest {
     /// The event name.
     pub event: String,
     /// The event data.
-    pub data: RawJson,
+    pub data: EventData,
     /// A connection that must not receive it.
     pub exclude: Option<SocketId>,
 }
@@ -143,6 +144,10 @@ pub struct Node {
     pub clock: NodeClock,
     /// Message and socket id generator.
     pub ids: IdGenerator,
+    /// The last event of every cache channel.
+    pub cache: ChannelCache,
+    /// Webhook events on their way to the server's sender.
+    pub webhooks: WebhookEmitter,
     /// Connections held now, against `limits.max_connections`.
     connections: AtomicU32,
     /// Connections held now per client IP, against `limits.max_connections_per_ip`.
@@ -237,6 +242,8 @@ impl Node {
             sessions: crate::registry::SessionRegistry::new(),
             clock: NodeClock::new(),
             ids: IdGenerator::new(),
+            cache: ChannelCache::new(),
+            webhooks: WebhookEmitter::new(),
             connections: AtomicU32::new(0),
             per_ip: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
@@ -247,6 +254,23 @@ impl Node {
             .map_err(|e| format!("cannot start the {} broker: {e}", node.broker.name()))?;
         let heartbeat = tokio::spawn(heartbeat::run(Arc::downgrade(&node)));
         node.tasks.lock().push(heartbeat);
+        if node
+            .apps
+            .all()
+            .iter()
+            .any(|a| !a.settings.webhooks.is_empty())
+        {
+            let weak = Arc::downgrade(&node);
+            node.tasks.lock().push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+                loop {
+                    tick.tick().await;
+                    let Some(node) = weak.upgrade() else { return };
+                    node.webhooks
+                        .release_due(node.clock.now_ms(), &node.metrics);
+                }
+            }));
+        }
         Ok(node)
     }
 
@@ -400,14 +424,22 @@ impl Node {
                 data: req.data.clone(),
                 user_id: None,
             };
-            let publication = Publication::new(
+            let publication = Arc::new(Publication::new(
                 app.id.clone(),
                 channel.clone(),
                 id.clone(),
                 payload,
                 req.exclude,
                 timestamp,
-            );
+            ));
+            if channel.kind().cache {
+                let limits = &app.settings.limits;
+                self.cache.store(
+                    publication.clone(),
+                    limits.cache_ttl,
+                    limits.max_cached_channels,
+                );
+            }
             self.publish_publication(publication).await?;
         }
         Ok(PublishReceipt { id, channels })
@@ -416,7 +448,7 @@ impl Node {
     /// Hand one publication to the broker and count it.
     pub(crate) async fn publish_publication(
         &self,
-        publication: Publication,
+        publication: Arc<Publication>,
     ) -> Result<(), Refusal> {
         self.broker.publish(publication).await.map_err(|e| {
             warn!(error = %e, "publish failed");
@@ -438,14 +470,14 @@ impl Node {
         exclude: Option<SocketId>,
     ) -> Result<(), Refusal> {
         let id: Arc<str> = Arc::from(self.ids.next().as_str());
-        let publication = Publication::new(
+        let publication = Arc::new(Publication::new(
             app.id.clone(),
             channel.clone(),
             id,
             payload,
             exclude,
             unix_ms(),
-        );
+        ));
         self.publish_publication(publication).await
     }
 
@@ -455,9 +487,9 @@ impl Node {
         app: &App,
         user_id: &str,
         event: &str,
-        data: RawJson,
+        data: EventData,
     ) -> Result<Arc<str>, Refusal> {
-        let message = self.direct_message(app, event, data)?;
+        let message = self.direct_message(app, event, data, Some(Arc::from(user_id)))?;
         let id = message.id.clone();
         self.control(Control::SendToUser {
             app_id: app.id.clone(),
@@ -474,9 +506,9 @@ impl Node {
         app: &App,
         socket_id: SocketId,
         event: &str,
-        data: RawJson,
+        data: EventData,
     ) -> Result<Arc<str>, Refusal> {
-        let message = self.direct_message(app, event, data)?;
+        let message = self.direct_message(app, event, data, None)?;
         let id = message.id.clone();
         self.control(Control::SendToSocket {
             app_id: app.id.clone(),
@@ -506,7 +538,8 @@ impl Node {
         &self,
         app: &App,
         event: &str,
-        data: RawJson,
+        data: EventData,
+        user: Option<Arc<str>>,
     ) -> Result<Arc<DirectMessage>, Refusal> {
         check_event_name(event)?;
         check_payload(app, &data)?;
@@ -514,8 +547,19 @@ impl Node {
             Arc::from(self.ids.next().as_str()),
             Arc::from(event),
             data,
+            user,
             unix_ms(),
         )))
+    }
+
+    /// Report a webhook event for `app`, if the app has webhooks.
+    pub fn emit_webhook(&self, app: &App, event: WebhookEvent) {
+        if app.settings.webhooks.is_empty() {
+            return;
+        }
+        let delay = app.settings.webhook_delay.as_millis() as u64;
+        self.webhooks
+            .emit(&app.id, event, self.clock.now_ms(), delay, &self.metrics);
     }
 
     async fn control(&self, control: Control) -> Result<(), Refusal> {
@@ -703,7 +747,7 @@ fn check_event_name(event: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-pub(crate) fn check_payload(app: &App, data: &RawJson) -> Result<(), Refusal> {
+pub(crate) fn check_payload(app: &App, data: &EventData) -> Result<(), Refusal> {
     let max = app.settings.limits.max_payload_bytes;
     if data.len() > max {
         return Err(Refusal::new(

@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use herald_protocol::{CloseCode, SocketId};
@@ -98,6 +98,11 @@ pub struct SessionHandle {
     last_activity_ms: AtomicU64,
     /// Node-clock milliseconds of the last heartbeat queued by the server.
     last_ping_ms: AtomicU64,
+    /// Node-clock milliseconds when the connection was admitted.
+    connected_ms: u64,
+    /// Set once the client signed in or joined a private or presence channel: Pusher apps
+    /// may require this within a timeout.
+    authorized: AtomicBool,
     /// Bounds of the queue.
     limits: QueueLimits,
 }
@@ -120,6 +125,8 @@ impl SessionHandle {
             notify: Notify::new(),
             last_activity_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
+            connected_ms: now_ms,
+            authorized: AtomicBool::new(false),
             limits,
         }
     }
@@ -129,9 +136,28 @@ impl SessionHandle {
         self.user_id.get()
     }
 
-    /// Record the user id (once; later calls are ignored).
-    pub fn set_user_id(&self, user: Arc<str>) {
-        let _ = self.user_id.set(user);
+    /// Record the user id. Returns false if a different user id was already recorded
+    /// (a connection belongs to one user for its whole life).
+    pub fn set_user_id(&self, user: Arc<str>) -> bool {
+        match self.user_id.set(user.clone()) {
+            Ok(()) => true,
+            Err(_) => self.user_id.get().is_some_and(|u| *u == user),
+        }
+    }
+
+    /// Node-clock milliseconds when the connection was admitted.
+    pub fn connected_ms(&self) -> u64 {
+        self.connected_ms
+    }
+
+    /// Mark the connection as authorised (signed in, or on a protected channel).
+    pub fn mark_authorized(&self) {
+        self.authorized.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection is authorised.
+    pub fn is_authorized(&self) -> bool {
+        self.authorized.load(Ordering::Relaxed)
     }
 
     /// Queue an encoded message.

@@ -4,6 +4,7 @@
 //! A publication is encoded at most once per protocol, lazily, by whichever fan-out needs
 //! that encoding first; the bytes are then shared by every subscriber on this node.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -22,6 +23,66 @@ pub struct Member {
     pub info: RawJson,
 }
 
+/// An event's data, as the publisher gave it.
+///
+/// The two protocols disagree on what `data` is: a JSON value in the native protocol, a
+/// string in Pusher's. Keeping the publisher's form lets each protocol get back exactly what
+/// was sent in that protocol, and gives the natural translation across:
+/// - native clients receive a [`EventData::Text`] that holds JSON as that JSON (what Laravel
+///   broadcasts arrives as an object), and any other text as a JSON string;
+/// - Pusher clients receive a [`EventData::Text`] unchanged, a JSON string value as that
+///   string, and any other JSON value as its JSON text in a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventData {
+    /// A JSON value: native API publishes, client events.
+    Json(RawJson),
+    /// A string: Pusher API publishes (its `data` is always a string).
+    Text(Arc<str>),
+}
+
+impl EventData {
+    /// Size of the data, in bytes (the measure the payload limit applies to).
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Json(j) => j.len(),
+            Self::Text(t) => t.len(),
+        }
+    }
+
+    /// Whether the data is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The data as native-protocol JSON text.
+    pub fn native_json(&self) -> Cow<'_, [u8]> {
+        match self {
+            Self::Json(j) => Cow::Borrowed(j.as_bytes()),
+            Self::Text(t) => {
+                if herald_protocol::json::is_valid(t.as_bytes()) {
+                    Cow::Borrowed(t.as_bytes())
+                } else {
+                    Cow::Owned(RawJson::string(t).as_bytes().to_vec())
+                }
+            }
+        }
+    }
+
+    /// The data as a Pusher `data` value: a JSON string literal (quotes included).
+    pub fn pusher_literal(&self) -> Cow<'_, [u8]> {
+        match self {
+            Self::Text(t) => Cow::Owned(RawJson::string(t).as_bytes().to_vec()),
+            Self::Json(j) => {
+                if j.as_bytes().first() == Some(&b'"') {
+                    Cow::Borrowed(j.as_bytes())
+                } else {
+                    Cow::Owned(RawJson::string(j.as_str()).as_bytes().to_vec())
+                }
+            }
+        }
+    }
+}
+
 /// What a publication carries.
 #[derive(Debug, Clone)]
 pub enum Payload {
@@ -29,8 +90,8 @@ pub enum Payload {
     Event {
         /// The event name.
         event: Arc<str>,
-        /// The event data (JSON).
-        data: RawJson,
+        /// The event data.
+        data: EventData,
         /// For client events: the sending user, when known.
         user_id: Option<Arc<str>>,
     },
@@ -41,6 +102,9 @@ pub enum Payload {
         /// The user who left.
         user_id: Arc<str>,
     },
+    /// The channel's subscriber count changed (Pusher `pusher_internal:subscription_count`;
+    /// native clients do not receive it).
+    SubscriptionCount(usize),
 }
 
 /// A channel's history position of a publication.
@@ -71,8 +135,10 @@ pub struct Publication {
     pub received_at: Instant,
     /// Its place in the channel history, when the channel keeps history.
     pub position: Option<Position>,
-    /// The native-protocol encoding, made on first use.
-    native: OnceLock<Bytes>,
+    /// The native-protocol encoding, made on first use (`None`: not for native clients).
+    native: OnceLock<Option<Bytes>>,
+    /// The Pusher-protocol encoding, made on first use.
+    pusher: OnceLock<Option<Bytes>>,
 }
 
 impl Publication {
@@ -95,15 +161,22 @@ impl Publication {
             received_at: Instant::now(),
             position: None,
             native: OnceLock::new(),
+            pusher: OnceLock::new(),
         }
     }
 
-    /// The encoded bytes for `protocol`, encoding on first use.
-    pub fn encoded(&self, protocol: Protocol) -> &Bytes {
+    /// The encoded bytes for `protocol`, encoding on first use; `None` when the payload is
+    /// not delivered to clients of that protocol.
+    pub fn encoded(&self, protocol: Protocol) -> Option<&Bytes> {
         match protocol {
             Protocol::Native => self
                 .native
-                .get_or_init(|| wire::native::encode_publication(self)),
+                .get_or_init(|| wire::native::encode_publication(self))
+                .as_ref(),
+            Protocol::Pusher => self
+                .pusher
+                .get_or_init(|| wire::pusher::encode_publication(self))
+                .as_ref(),
         }
     }
 }
@@ -115,26 +188,39 @@ pub struct DirectMessage {
     pub id: Arc<str>,
     /// The event name.
     pub event: Arc<str>,
-    /// The data (JSON).
-    pub data: RawJson,
+    /// The data.
+    pub data: EventData,
+    /// The user it is addressed to, when sent to a user (Pusher clients receive it on
+    /// their `#server-to-user-<id>` channel).
+    pub user: Option<Arc<str>>,
     /// Milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
     /// When it entered this node.
     pub received_at: Instant,
     /// The native encoding, made on first use.
     native: OnceLock<Bytes>,
+    /// The Pusher encoding, made on first use.
+    pusher: OnceLock<Bytes>,
 }
 
 impl DirectMessage {
     /// A direct message created now.
-    pub fn new(id: Arc<str>, event: Arc<str>, data: RawJson, timestamp_ms: u64) -> Self {
+    pub fn new(
+        id: Arc<str>,
+        event: Arc<str>,
+        data: EventData,
+        user: Option<Arc<str>>,
+        timestamp_ms: u64,
+    ) -> Self {
         Self {
             id,
             event,
             data,
+            user,
             timestamp_ms,
             received_at: Instant::now(),
             native: OnceLock::new(),
+            pusher: OnceLock::new(),
         }
     }
 
@@ -144,6 +230,29 @@ impl DirectMessage {
             Protocol::Native => self
                 .native
                 .get_or_init(|| wire::native::encode_direct(self)),
+            Protocol::Pusher => self
+                .pusher
+                .get_or_init(|| wire::pusher::encode_direct(self)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_translates_between_protocols() {
+        let json = EventData::Json(RawJson::parse(Bytes::from_static(br#"{"a":1}"#)).unwrap());
+        assert_eq!(&*json.native_json(), br#"{"a":1}"#);
+        assert_eq!(&*json.pusher_literal(), br#""{\"a\":1}""#);
+        let json_string = EventData::Json(RawJson::string("hi"));
+        assert_eq!(&*json_string.pusher_literal(), br#""hi""#);
+        let text_json = EventData::Text(Arc::from(r#"{"b":2}"#));
+        assert_eq!(&*text_json.native_json(), br#"{"b":2}"#);
+        assert_eq!(&*text_json.pusher_literal(), br#""{\"b\":2}""#);
+        let text_plain = EventData::Text(Arc::from("hello"));
+        assert_eq!(&*text_plain.native_json(), br#""hello""#);
+        assert_eq!(&*text_plain.pusher_literal(), br#""hello""#);
     }
 }

@@ -5,12 +5,15 @@
 //! hands every received text message to [`Session::handle_text`], writes whatever appears in
 //! the session's outbound queue ([`Session::handle`]), and calls [`Session::close`] when the
 //! connection ends. It never interprets messages itself. The protocol adapters (the
-//! [`native`] submodule) parse requests, call the operations below and encode the replies.
+//! [`native`] and [`pusher`] submodules) parse requests, call the operations below and
+//! encode the replies; both protocols share every operation, so a native and a Pusher
+//! client on the same channel see the same publications and the same presence.
 //!
 //! Operations return `Result<_, Refusal>`; a refusal becomes an error reply and the
 //! connection stays open. Only `handle_text` can ask for the connection to be closed.
 
 mod native;
+mod pusher;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,11 +28,16 @@ use crate::metrics::Metrics;
 use crate::node::{Admission, Node, check_payload, truncate};
 use crate::outbound::SessionHandle;
 use crate::presence::JoinOutcome;
-use crate::publication::{Member, Payload};
+use crate::publication::{EventData, Member, Payload, Publication};
 use crate::ratelimit::{Rate, TokenBucket};
 use crate::raw_json::RawJson;
 use crate::refusal::Refusal;
+use crate::webhook::WebhookEvent;
 use crate::wire::Protocol;
+
+/// Above this many local subscribers a channel no longer gets subscription-count events
+/// (Pusher's own rule for the feature).
+const SUBSCRIPTION_COUNT_MAX: usize = 100;
 
 /// One channel subscription of a session.
 #[derive(Debug)]
@@ -38,6 +46,24 @@ struct Subscription {
     channel: ChannelName,
     /// On presence channels: the user this connection is present as.
     presence_user: Option<Arc<str>>,
+    /// False for a Pusher `#server-to-user-<id>` subscription, which is served from the
+    /// user index rather than the hub.
+    in_hub: bool,
+}
+
+/// How a subscription is authorised.
+#[derive(Debug, Clone, Copy)]
+pub enum ChannelAuth<'a> {
+    /// Native protocol: the connection token, or this subscription token.
+    Token(Option<&'a str>),
+    /// Pusher protocol: `key:signature`, and for presence channels the signed
+    /// `channel_data`.
+    Pusher {
+        /// The `auth` field.
+        auth: Option<&'a str>,
+        /// The `channel_data` field.
+        channel_data: Option<&'a str>,
+    },
 }
 
 /// A successful subscribe.
@@ -47,6 +73,8 @@ pub struct SubscribeOk {
     pub channel: ChannelName,
     /// On presence channels: the members present right after joining (this user included).
     pub members: Option<Vec<Member>>,
+    /// On cache channels: the cached last event, or `None` for a cache miss.
+    pub cached: Option<Option<Arc<Publication>>>,
 }
 
 /// A connection's state.
@@ -57,7 +85,7 @@ pub struct Session {
     app: Arc<App>,
     /// The connection's id and outbound queue, shared with the hub and registry.
     handle: Arc<SessionHandle>,
-    /// Who the connection is, from its connection token.
+    /// Who the connection is, from its connection token (native protocol).
     identity: Option<Arc<Identity>>,
     /// Current subscriptions. A short vector: the per-connection limit is small, and a linear
     /// scan beats a map at that size in both time and memory.
@@ -75,6 +103,7 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("socket_id", &self.handle.socket_id)
             .field("app", &self.app.id)
+            .field("protocol", &self.handle.protocol)
             .field("subscriptions", &self.subscriptions.len())
             .finish()
     }
@@ -106,6 +135,7 @@ impl Session {
         };
         let hello = match session.handle.protocol {
             Protocol::Native => native::connected(&session),
+            Protocol::Pusher => pusher::connected(&session),
         };
         session.push(hello);
         session
@@ -142,6 +172,7 @@ impl Session {
         }
         match self.handle.protocol {
             Protocol::Native => native::handle(self, text).await,
+            Protocol::Pusher => pusher::handle(self, text).await,
         }
     }
 
@@ -154,6 +185,7 @@ impl Session {
     pub fn encode_ping(&self) -> Bytes {
         match self.handle.protocol {
             Protocol::Native => native::ping(self),
+            Protocol::Pusher => pusher::ping(),
         }
     }
 
@@ -163,12 +195,17 @@ impl Session {
             .push_message(Bytes::from(bytes), None, &self.node.metrics);
     }
 
-    /// Subscribe to `name`, authorised by the connection token or a subscription `token`.
+    /// Subscribe to `name`, authorised according to `auth`.
     pub async fn subscribe(
         &mut self,
         name: &str,
-        token: Option<&str>,
+        auth: ChannelAuth<'_>,
     ) -> Result<SubscribeOk, Refusal> {
+        if let ChannelAuth::Pusher { .. } = auth
+            && let Some(user) = herald_protocol::pusher::server_to_user_id(name)
+        {
+            return self.subscribe_server_to_user(name, user);
+        }
         let channel = ChannelName::new(name).map_err(|e| {
             Refusal::new(
                 ErrorCode::InvalidChannel,
@@ -185,16 +222,28 @@ impl Session {
                 format!("a connection may hold at most {max} subscriptions"),
             ));
         }
-        let access = authorize_channel(
-            &self.app.settings,
-            &self.app.verifier,
-            self.identity.as_deref(),
-            &channel,
-            token,
-        )?;
+        let access = match auth {
+            ChannelAuth::Token(token) => authorize_channel(
+                &self.app.settings,
+                &self.app.verifier,
+                self.identity.as_deref(),
+                &channel,
+                token,
+            )?,
+            ChannelAuth::Pusher { auth, channel_data } => crate::pusher_auth::authorize_channel(
+                &self.app.settings,
+                self.handle.socket_id,
+                &channel,
+                auth,
+                channel_data,
+            )?,
+        };
         let node = self.node.clone();
         let app = self.app.clone();
         let socket = self.handle.socket_id;
+        if channel.kind().is_protected() {
+            self.handle.mark_authorized();
+        }
 
         let mut joined = None;
         let mut presence_user = None;
@@ -248,23 +297,31 @@ impl Session {
         let added = app
             .hub
             .subscribe(&channel, self.handle.clone(), &node.metrics);
-        if added.first_on_node
-            && let Err(e) = node.broker.subscribe(&app.id, &channel).await
-        {
-            warn!(error = %e, channel = %channel, "broker subscribe failed");
-            let sub = Subscription {
-                channel,
-                presence_user,
-            };
-            release_subscription(&node, &app, socket, sub).await;
-            return Err(Refusal::new(
-                ErrorCode::Internal,
-                "the broker is unavailable; retry later",
-            ));
+        if added.first_on_node {
+            if let Err(e) = node.broker.subscribe(&app.id, &channel).await {
+                warn!(error = %e, channel = %channel, "broker subscribe failed");
+                let sub = Subscription {
+                    channel,
+                    presence_user,
+                    in_hub: true,
+                };
+                release_subscription(&node, &app, socket, sub).await;
+                return Err(Refusal::new(
+                    ErrorCode::Internal,
+                    "the broker is unavailable; retry later",
+                ));
+            }
+            node.emit_webhook(
+                &app,
+                WebhookEvent::ChannelOccupied {
+                    channel: channel.clone(),
+                },
+            );
         }
         self.subscriptions.push(Subscription {
             channel: channel.clone(),
             presence_user: presence_user.clone(),
+            in_hub: true,
         });
 
         let members = if presence_user.is_some() {
@@ -277,14 +334,65 @@ impl Session {
         } else {
             None
         };
-        if let Some(member) = joined
-            && let Err(e) = node
+        if let Some(member) = joined {
+            node.emit_webhook(
+                &app,
+                WebhookEvent::MemberAdded {
+                    channel: channel.clone(),
+                    user_id: member.user_id.clone(),
+                },
+            );
+            if let Err(e) = node
                 .publish_payload(&app, &channel, Payload::Joined(member), Some(socket))
                 .await
-        {
-            warn!(error = %e, "cannot announce presence join");
+            {
+                warn!(error = %e, "cannot announce presence join");
+            }
         }
-        Ok(SubscribeOk { channel, members })
+        announce_subscription_count(&node, &app, &channel).await;
+        let cached = if channel.kind().cache {
+            let hit = node.cache.get(&app.id, &channel).map(|(p, _)| p);
+            if hit.is_none() {
+                node.emit_webhook(
+                    &app,
+                    WebhookEvent::CacheMiss {
+                        channel: channel.clone(),
+                    },
+                );
+            }
+            Some(hit)
+        } else {
+            None
+        };
+        Ok(SubscribeOk {
+            channel,
+            members,
+            cached,
+        })
+    }
+
+    /// A Pusher `#server-to-user-<id>` subscription: allowed only to a connection signed in
+    /// as that user. Delivery to it goes through the user index, not the hub.
+    fn subscribe_server_to_user(&mut self, name: &str, user: &str) -> Result<SubscribeOk, Refusal> {
+        if self.handle.user_id().map(|u| &**u) != Some(user) {
+            return Err(Refusal::new(
+                ErrorCode::ChannelNotAllowed,
+                "sign in as this user before subscribing to its channel",
+            ));
+        }
+        let channel = ChannelName::internal(name);
+        if !self.subscriptions.iter().any(|s| s.channel == channel) {
+            self.subscriptions.push(Subscription {
+                channel: channel.clone(),
+                presence_user: None,
+                in_hub: false,
+            });
+        }
+        Ok(SubscribeOk {
+            channel,
+            members: None,
+            cached: None,
+        })
     }
 
     /// Unsubscribe from `name`.
@@ -302,12 +410,35 @@ impl Session {
         Ok(channel)
     }
 
+    /// Sign in (Pusher user authentication): verify the signature over `user_data`, and
+    /// associate the connection with its user id. Returns the user id.
+    pub fn signin(&mut self, auth: &str, user_data: &str) -> Result<Arc<str>, Refusal> {
+        let user = crate::pusher_auth::verify_signin(
+            &self.app.settings,
+            self.handle.socket_id,
+            auth,
+            user_data,
+        )?;
+        let first = self.handle.user_id().is_none();
+        if !self.handle.set_user_id(user.clone()) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidRequest,
+                "this connection is already signed in as another user",
+            ));
+        }
+        if first {
+            self.node.sessions.index_user(&self.handle);
+        }
+        self.handle.mark_authorized();
+        Ok(user)
+    }
+
     /// Send a client event to the other subscribers of a private or presence channel.
     pub async fn client_event(
         &mut self,
         channel: &str,
         event: &str,
-        data: RawJson,
+        data: EventData,
     ) -> Result<(), Refusal> {
         if !self.app.settings.client_events {
             return Err(Refusal::new(
@@ -324,7 +455,7 @@ impl Session {
         let Some(sub) = self
             .subscriptions
             .iter()
-            .find(|s| s.channel.as_str() == channel)
+            .find(|s| s.channel.as_str() == channel && s.in_hub)
         else {
             return Err(Refusal::new(
                 ErrorCode::NotSubscribed,
@@ -352,8 +483,19 @@ impl Session {
             .clone()
             .or_else(|| self.handle.user_id().cloned());
         let channel = sub.channel.clone();
+        let event: Arc<str> = Arc::from(event);
+        self.node.emit_webhook(
+            &self.app,
+            WebhookEvent::ClientEvent {
+                channel: channel.clone(),
+                event: event.clone(),
+                data: data.clone(),
+                socket_id: self.handle.socket_id,
+                user_id: sub.presence_user.clone(),
+            },
+        );
         let payload = Payload::Event {
-            event: Arc::from(event),
+            event,
             data,
             user_id,
         };
@@ -418,13 +560,23 @@ impl Released {
     }
 }
 
-/// Leave one channel: hub, broker interest, presence (announcing the user's last leave).
+/// Leave one channel: hub, broker interest, presence (announcing the user's last leave),
+/// webhooks and subscription counts.
 async fn release_subscription(node: &Node, app: &App, socket: SocketId, sub: Subscription) {
+    if !sub.in_hub {
+        return;
+    }
     let removed = app.hub.unsubscribe(&sub.channel, socket, &node.metrics);
-    if removed.last_on_node
-        && let Err(e) = node.broker.unsubscribe(&app.id, &sub.channel).await
-    {
-        warn!(error = %e, channel = %sub.channel, "broker unsubscribe failed");
+    if removed.last_on_node {
+        if let Err(e) = node.broker.unsubscribe(&app.id, &sub.channel).await {
+            warn!(error = %e, channel = %sub.channel, "broker unsubscribe failed");
+        }
+        node.emit_webhook(
+            app,
+            WebhookEvent::ChannelVacated {
+                channel: sub.channel.clone(),
+            },
+        );
     }
     if let Some(user_id) = sub.presence_user {
         match node
@@ -433,6 +585,13 @@ async fn release_subscription(node: &Node, app: &App, socket: SocketId, sub: Sub
             .await
         {
             Ok(outcome) if outcome.last_connection => {
+                node.emit_webhook(
+                    app,
+                    WebhookEvent::MemberRemoved {
+                        channel: sub.channel.clone(),
+                        user_id: user_id.clone(),
+                    },
+                );
                 let payload = Payload::Left { user_id };
                 if let Err(e) = node.publish_payload(app, &sub.channel, payload, None).await {
                     warn!(error = %e, "cannot announce presence leave");
@@ -441,5 +600,24 @@ async fn release_subscription(node: &Node, app: &App, socket: SocketId, sub: Sub
             Ok(_) => {}
             Err(e) => warn!(error = %e, "presence leave failed"),
         }
+    } else if removed.removed {
+        announce_subscription_count(node, app, &sub.channel).await;
+    }
+}
+
+/// Tell a channel's Pusher subscribers its new subscriber count, if the app enables it.
+async fn announce_subscription_count(node: &Node, app: &App, channel: &ChannelName) {
+    if !app.settings.subscription_count || channel.kind().is_presence() {
+        return;
+    }
+    let count = app.hub.subscriber_count(channel.as_str());
+    if count == 0 || count > SUBSCRIPTION_COUNT_MAX {
+        return;
+    }
+    if let Err(e) = node
+        .publish_payload(app, channel, Payload::SubscriptionCount(count), None)
+        .await
+    {
+        warn!(error = %e, "cannot announce the subscription count");
     }
 }

@@ -44,7 +44,52 @@ pub struct AppSettings {
     /// This app's limits.
     #[serde(default)]
     pub limits: AppLimits,
+    /// HTTP endpoints notified of channel, presence, client-event and cache-miss events.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSettings>,
+    /// `channel_vacated` and `member_removed` webhooks wait this long and are dropped (with
+    /// the matching `channel_occupied`/`member_added`) if the channel or user comes back in
+    /// the meantime, so a page reload does not produce a flap.
+    #[serde(default = "default_webhook_delay", deserialize_with = "duration")]
+    pub webhook_delay: Duration,
+    /// Pusher clients must sign in (or subscribe to a private or presence channel) within
+    /// this time, or are disconnected with 4009. Unset: no such requirement.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub user_authentication_timeout: Option<Duration>,
+    /// Send Pusher `pusher_internal:subscription_count` events to subscribers of public and
+    /// private channels with at most 100 subscribers when their count changes.
+    #[serde(default)]
+    pub subscription_count: bool,
 }
+
+fn default_webhook_delay() -> Duration {
+    Duration::from_secs(3)
+}
+
+/// One webhook endpoint of an app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Where to POST (http or https).
+    pub url: String,
+    /// Event types to send: `channel_occupied`, `channel_vacated`, `member_added`,
+    /// `member_removed`, `client_event`, `cache_miss`. Empty: all of them.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// Only events on channels starting with this prefix.
+    #[serde(default)]
+    pub channel_prefix: Option<String>,
+}
+
+/// The webhook event types.
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+];
 
 fn yes() -> bool {
     true
@@ -65,6 +110,10 @@ impl AppSettings {
             jwt: JwtSettings::default(),
             channel_rules: Vec::new(),
             limits: AppLimits::default(),
+            webhooks: Vec::new(),
+            webhook_delay: default_webhook_delay(),
+            user_authentication_timeout: None,
+            subscription_count: false,
         }
     }
 
@@ -105,6 +154,25 @@ impl AppSettings {
                     &format!("channel_rules[{i}]"),
                     "a rule needs at least one role or permission",
                 );
+            }
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                bad(
+                    &format!("webhooks[{i}].url"),
+                    "must be an http:// or https:// URL",
+                );
+            }
+            for t in &hook.event_types {
+                if !WEBHOOK_EVENT_TYPES.contains(&t.as_str()) {
+                    bad(
+                        &format!("webhooks[{i}].event_types"),
+                        &format!(
+                            "unknown event type {t:?}; known: {}",
+                            WEBHOOK_EVENT_TYPES.join(", ")
+                        ),
+                    );
+                }
             }
         }
         let l = &self.limits;
@@ -214,6 +282,11 @@ pub struct AppLimits {
     pub max_presence_members: usize,
     /// Largest presence `info`, in bytes of JSON text.
     pub max_user_info_bytes: usize,
+    /// How long a cache channel keeps its last event.
+    #[serde(deserialize_with = "duration")]
+    pub cache_ttl: Duration,
+    /// Cache channels whose last event is kept at once (the oldest is forgotten first).
+    pub max_cached_channels: usize,
 }
 
 impl Default for AppLimits {
@@ -228,6 +301,8 @@ impl Default for AppLimits {
             publish_rate: 100_000,
             max_presence_members: 100,
             max_user_info_bytes: 1024,
+            cache_ttl: Duration::from_secs(30 * 60),
+            max_cached_channels: 10_000,
         }
     }
 }
@@ -323,6 +398,11 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             serde::de::Error::custom(format!("invalid duration {t:?} ({e}); use e.g. \"30s\""))
         }),
     }
+}
+
+/// Deserialize an optional duration (absent or null: `None`).
+pub fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 impl<'de> Deserialize<'de> for Secret {

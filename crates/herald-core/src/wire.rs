@@ -1,16 +1,20 @@
 //! Encodings of server messages, one submodule per client protocol.
 //!
 //! The hub and the sessions never format bytes themselves: they ask the connection's
-//! [`Protocol`] for the encoding of a publication, a direct message or a reply. Adding a
-//! protocol (Pusher, in a later change) means adding a variant and a submodule here.
+//! [`Protocol`] for the encoding of a publication, a direct message or a reply.
 
 pub mod native;
+pub mod pusher;
+
+use herald_protocol::CloseCode;
 
 /// A client protocol: decides how a connection's messages are encoded and parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// Herald's own JSON protocol (`docs/protocol.md`).
     Native,
+    /// The Pusher Channels protocol v7 (`docs/pusher-compatibility.md`).
+    Pusher,
 }
 
 impl Protocol {
@@ -18,6 +22,15 @@ impl Protocol {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Native => "native",
+            Self::Pusher => "pusher",
+        }
+    }
+
+    /// The WebSocket close code and reason this protocol's clients get for `code`.
+    pub const fn close_frame(self, code: CloseCode) -> (u16, &'static str) {
+        match self {
+            Self::Native => (code.code(), code.reason()),
+            Self::Pusher => herald_protocol::pusher::close_code(code),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`channel`]: [`ChannelName`], its validation and the channel kinds its prefix selects.
 //! - [`socket_id`]: [`SocketId`], the public identifier of one connection.
 //! - [`native`]: Herald's own JSON protocol: client requests and server messages.
+//! - [`pusher`]: the Pusher Channels protocol v7: client messages, server encoding, close codes.
 //! - [`websocket`]: RFC 6455 framing (both roles) and the handshake accept key.
 //! - [`json`]: small helpers to write JSON by hand on the hot path.
 //! - [`token`]: the claims of connection and subscription tokens (JWT).
@@ -21,6 +22,7 @@ pub mod channel;
 pub mod codes;
 pub mod json;
 pub mod native;
+pub mod pusher;
 pub mod socket_id;
 pub mod token;
 pub mod websocket;

@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use herald_core::node::PublishRequest;
-use herald_core::{App, RawJson, Refusal};
+use herald_core::{App, EventData, RawJson, Refusal};
 use herald_protocol::{ChannelName, CloseCode, ErrorCode, SocketId};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -192,7 +192,7 @@ impl PublishBody<'_> {
         Ok(PublishRequest {
             channels,
             event: self.event.into_owned(),
-            data: self.data.map_or_else(RawJson::null, RawJson::from_raw),
+            data: EventData::Json(self.data.map_or_else(RawJson::null, RawJson::from_raw)),
             exclude,
         })
     }
@@ -341,7 +341,7 @@ async fn direct(
     if let Err(r) = rate_limit(app, 1) {
         return r;
     }
-    let data = direct.data.map_or_else(RawJson::null, RawJson::from_raw);
+    let data = EventData::Json(direct.data.map_or_else(RawJson::null, RawJson::from_raw));
     let result = match target {
         Target::User(user) => {
             shared

@@ -9,7 +9,8 @@
 //! - [`config`]: the configuration tree, loading (file, env, flags) and validation.
 //! - [`server`]: builds the node, runs the listeners, drains on shutdown.
 //! - [`listener`]: accept loops and per-connection HTTP serving (plain and TLS).
-//! - [`routes`]: the client-facing routes; [`api`]: the native HTTP API.
+//! - [`routes`]: the client-facing routes; [`api`]: the native HTTP API; [`pusher_api`]: the
+//!   Pusher HTTP API; [`webhooks`]: webhook delivery.
 //! - [`transport`]: WebSocket (and later SSE, long-polling): bytes to and from sessions.
 //! - [`admin`]: `/health`, `/ready`, `/status`, `/metrics` on their own listener.
 //! - [`tls`]: certificates and reloads; [`signals`]: SIGTERM/SIGINT/SIGHUP.
@@ -29,9 +30,11 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod listener;
+pub mod pusher_api;
 pub mod routes;
 pub mod server;
 pub mod signals;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod webhooks;

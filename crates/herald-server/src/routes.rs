@@ -4,13 +4,17 @@
 //! |---|---|---|
 //! | GET | `/` | name and version |
 //! | GET | `/ws/{app_key}` | native-protocol WebSocket |
+//! | GET | `/app/{app_key}` | Pusher-protocol WebSocket (protocol 7) |
 //! | * | `/api/{app_id}/…` | native HTTP API (see `api.rs`) |
+//! | * | `/apps/{app_id}/…` | Pusher HTTP API (see `pusher_api.rs`) |
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use herald_core::{ConnectRequest, Protocol};
+
+use crate::transport::Refused;
 use herald_protocol::ErrorCode;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -38,36 +42,63 @@ pub async fn handle(
         ),
         (&Method::GET, ["ws", app_key]) => {
             let app_key = (*app_key).to_owned();
-            websocket(&shared, client_ip, req, &app_key)
+            websocket(&shared, client_ip, req, &app_key, Protocol::Native)
+        }
+        (&Method::GET, ["app", app_key]) => {
+            let app_key = (*app_key).to_owned();
+            websocket(&shared, client_ip, req, &app_key, Protocol::Pusher)
         }
         (_, ["api", rest @ ..]) => crate::api::handle(&shared, req, rest).await,
+        (_, ["apps", rest @ ..]) => crate::pusher_api::handle(&shared, req, rest).await,
         _ => fail(ErrorCode::NotFound, format!("no route for {path}")),
     };
     Ok(response)
 }
 
-/// Upgrade to a native-protocol WebSocket session.
+/// Upgrade to a WebSocket session speaking `protocol`.
 fn websocket(
     shared: &Arc<Shared>,
     ip: IpAddr,
     mut req: Request<Incoming>,
     app_key: &str,
+    protocol: Protocol,
 ) -> Response<Body> {
     let response = match crate::transport::websocket::handshake(&req) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let token = query_param(&req, "token").or_else(|| bearer(&req).map(str::to_owned));
-    let session = shared.node.connect(ConnectRequest {
-        app_key,
-        token: token.as_deref(),
-        origin: header_str(&req, "origin"),
-        ip,
-        protocol: Protocol::Native,
-    });
-    if let Err(refusal) = &session {
-        debug!(%ip, code = %refusal.refusal.code, "websocket connection refused");
-    }
+    // Pusher clients announce their protocol version; a wrong one is refused with the
+    // Pusher close code for it, after the upgrade so the client can read it.
+    let version = match protocol {
+        Protocol::Pusher => {
+            herald_protocol::pusher::check_version(query_param(&req, "protocol").as_deref()).err()
+        }
+        Protocol::Native => None,
+    };
+    let session = match version {
+        Some(v) => Err(Refused::raw(protocol, v.close_code(), v.reason())),
+        None => {
+            let token = match protocol {
+                Protocol::Native => {
+                    query_param(&req, "token").or_else(|| bearer(&req).map(str::to_owned))
+                }
+                Protocol::Pusher => None,
+            };
+            shared
+                .node
+                .connect(ConnectRequest {
+                    app_key,
+                    token: token.as_deref(),
+                    origin: header_str(&req, "origin"),
+                    ip,
+                    protocol,
+                })
+                .map_err(|r| {
+                    debug!(%ip, code = %r.refusal.code, "websocket connection refused");
+                    Refused::from_refusal(protocol, &r)
+                })
+        }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let opts = shared.ws_options();
     let tracker = shared.tracker.clone();

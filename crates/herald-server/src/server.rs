@@ -196,6 +196,13 @@ impl Server {
                 .unwrap_or_default();
             tokio::spawn(tls.watch(interval, shared.shutdown.clone()));
         }
+        if let Some(rx) = shared.node.webhooks.take_receiver() {
+            tokio::spawn(crate::webhooks::run(
+                shared.node.clone(),
+                rx,
+                admin_stop.clone(),
+            ));
+        }
         let admin = listeners
             .admin
             .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone(), admin_stop.clone())));

@@ -10,8 +10,71 @@
 
 pub mod websocket;
 
+/// A refused connection, ready for the wire: an optional message explaining why, then a
+/// close frame with the code the client's protocol uses.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// A protocol message sent before closing (a native `error`, a `pusher:error`).
+    pub message: Option<Vec<u8>>,
+    /// The close code.
+    pub code: u16,
+    /// The close reason.
+    pub reason: String,
+}
+
+impl Refused {
+    /// A refusal of the core (unknown app, limits, token…), in `protocol`'s terms.
+    pub fn from_refusal(protocol: Protocol, r: &ConnectRefusal) -> Self {
+        let (code, reason) = protocol.close_frame(r.close);
+        let message = match protocol {
+            Protocol::Native => {
+                let data = serde_json::to_vec(&herald_protocol::native::ErrorData::new(
+                    r.refusal.code,
+                    r.refusal.message.clone(),
+                ))
+                .expect("ErrorData serialises");
+                let mut env = herald_protocol::native::Envelope::new(
+                    "0",
+                    herald_protocol::native::MessageType::Error,
+                    herald_core::clock::unix_ms(),
+                );
+                env.event = Some(r.refusal.code.name());
+                env.data = &data;
+                env.to_vec()
+            }
+            Protocol::Pusher => pusher_error(code, &r.refusal.message),
+        };
+        Self {
+            message: Some(message),
+            code,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// A refusal with an explicit close code (a Pusher protocol-version error).
+    pub fn raw(protocol: Protocol, code: u16, reason: &str) -> Self {
+        let message = match protocol {
+            Protocol::Pusher => Some(pusher_error(code, reason)),
+            Protocol::Native => None,
+        };
+        Self {
+            message,
+            code,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+fn pusher_error(code: u16, message: &str) -> Vec<u8> {
+    let data = serde_json::json!({"message": message, "code": code});
+    let mut out = br#"{"event":"pusher:error","data":"#.to_vec();
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.push(b'}');
+    out
+}
+
 use bytes::Bytes;
-use herald_core::{ConnectRefusal, Session};
+use herald_core::{ConnectRefusal, Protocol, Session};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -21,7 +84,7 @@ use tokio_rustls::server::TlsStream;
 /// stream type when it is a known one (so writes are vectored straight to the socket).
 pub async fn run_websocket(
     upgraded: Upgraded,
-    session: Result<Session, ConnectRefusal>,
+    session: Result<Session, Refused>,
     opts: websocket::WsOptions,
 ) {
     match (upgraded.downcast::<TokioIo<TcpStream>>(), session) {
@@ -38,7 +101,7 @@ pub async fn run_websocket(
 /// The TLS and unknown-stream paths.
 async fn run_other(
     upgraded: Upgraded,
-    session: Result<Session, ConnectRefusal>,
+    session: Result<Session, Refused>,
     opts: websocket::WsOptions,
 ) {
     match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
@@ -50,7 +113,7 @@ async fn run_other(
 async fn dispatch<IO>(
     io: IO,
     prefix: Bytes,
-    session: Result<Session, ConnectRefusal>,
+    session: Result<Session, Refused>,
     opts: websocket::WsOptions,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

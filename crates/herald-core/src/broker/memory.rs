@@ -109,10 +109,10 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn publish(&self, publication: Publication) -> Result<(), BrokerError> {
+    async fn publish(&self, publication: Arc<Publication>) -> Result<(), BrokerError> {
         let sender = self.sender_for(&publication.app_id, &publication.channel);
         sender
-            .send(Dispatch::Publication(Arc::new(publication)))
+            .send(Dispatch::Publication(publication))
             .await
             .map_err(|_| BrokerError::Closed)
     }

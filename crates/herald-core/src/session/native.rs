@@ -8,11 +8,13 @@ use herald_protocol::native::{
 };
 use herald_protocol::{CloseCode, ErrorCode};
 
-use super::Session;
+use super::{ChannelAuth, Session};
 use crate::clock::unix_ms;
 use crate::metrics::Metrics;
+use crate::publication::EventData;
 use crate::raw_json::RawJson;
 use crate::refusal::Refusal;
+use crate::wire::Protocol;
 
 /// The `connected` message that opens every native connection.
 pub(super) fn connected(session: &Session) -> Vec<u8> {
@@ -44,7 +46,10 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
     let reference = message.reference;
     match message.request {
         Request::Subscribe { channel, token, .. } => {
-            match session.subscribe(&channel, token.as_deref()).await {
+            match session
+                .subscribe(&channel, ChannelAuth::Token(token.as_deref()))
+                .await
+            {
                 Ok(ok) => {
                     let bytes = reply(
                         session,
@@ -77,6 +82,14 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
                         );
                         session.push(bytes);
                     }
+                    // A cache channel's last event follows the reply (a miss sends nothing).
+                    if let Some(Some(cached)) = ok.cached
+                        && let Some(bytes) = cached.encoded(Protocol::Native)
+                    {
+                        session
+                            .handle
+                            .push_message(bytes.clone(), None, &session.node.metrics);
+                    }
                 }
                 Err(refusal) => push_error(session, &refusal, Some(&channel), reference),
             }
@@ -100,7 +113,7 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
             event,
             data,
         } => {
-            let data = RawJson::from_raw(data);
+            let data = EventData::Json(RawJson::from_raw(data));
             if let Err(refusal) = session.client_event(&channel, &event, data).await {
                 push_error(session, &refusal, Some(&channel), reference);
             }

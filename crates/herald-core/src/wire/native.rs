@@ -7,42 +7,46 @@ use crate::publication::{DirectMessage, Payload, Publication};
 use crate::raw_json::RawJson;
 
 /// Encode a publication: an `event` message, or a presence `joined`/`left` message.
-pub fn encode_publication(p: &Publication) -> Bytes {
+/// `None` for payloads native clients do not receive.
+pub fn encode_publication(p: &Publication) -> Option<Bytes> {
     let mut env = Envelope::new(&p.id, MessageType::Event, p.timestamp_ms);
     env.channel = Some(p.channel.as_str());
     env.position = p.position.as_ref().map(|pos| (pos.offset, &*pos.epoch));
-    let presence_data;
+    let data;
     match &p.payload {
         Payload::Event {
             event,
-            data,
+            data: event_data,
             user_id,
         } => {
             env.event = Some(event);
-            env.data = data.as_bytes();
+            data = event_data.native_json();
+            env.data = &data;
             env.user_id = user_id.as_deref();
         }
         Payload::Joined(member) => {
             env.kind = MessageType::Presence;
             env.event = Some("joined");
-            presence_data = member_json(&member.user_id, Some(&member.info));
-            env.data = &presence_data;
+            data = member_json(&member.user_id, Some(&member.info)).into();
+            env.data = &data;
         }
         Payload::Left { user_id } => {
             env.kind = MessageType::Presence;
             env.event = Some("left");
-            presence_data = member_json(user_id, None);
-            env.data = &presence_data;
+            data = member_json(user_id, None).into();
+            env.data = &data;
         }
+        Payload::SubscriptionCount(_) => return None,
     }
-    Bytes::from(env.to_vec())
+    Some(Bytes::from(env.to_vec()))
 }
 
 /// Encode a direct message: an `event` with a null channel.
 pub fn encode_direct(d: &DirectMessage) -> Bytes {
     let mut env = Envelope::new(&d.id, MessageType::Event, d.timestamp_ms);
     env.event = Some(&d.event);
-    env.data = d.data.as_bytes();
+    let data = d.data.native_json();
+    env.data = &data;
     Bytes::from(env.to_vec())
 }
 

@@ -23,9 +23,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use herald_core::metrics::{LocalHistogram, Metrics};
-use herald_core::{ConnectRefusal, OutItem, Session, SessionHandle};
+use herald_core::{OutItem, Session, SessionHandle};
 use herald_protocol::CloseCode;
-use herald_protocol::native::{Envelope, ErrorData, MessageType};
 use herald_protocol::websocket::{
     Decoder, FrameHeader, Message, OpCode, Role, close_payload, encode_frame,
 };
@@ -187,7 +186,8 @@ where
         match close {
             Ok(None) => continue,
             Ok(Some(code)) => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_close(io, code)).await;
+                let (number, reason) = session.handle().protocol.close_frame(code);
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_close(io, number, reason)).await;
                 return Drained::Closed;
             }
             Err(_) => return Drained::Closed,
@@ -298,7 +298,7 @@ where
 }
 
 /// Write a close frame and shut the write side down.
-async fn write_close<IO>(io: &mut IO, code: CloseCode) -> io::Result<()>
+async fn write_close<IO>(io: &mut IO, code: u16, reason: &str) -> io::Result<()>
 where
     IO: AsyncWrite + Unpin,
 {
@@ -306,7 +306,7 @@ where
     encode_frame(
         &mut frame,
         OpCode::Close,
-        &close_payload(code.code(), code.reason()),
+        &close_payload(code, reason),
         None,
     );
     io.write_all(&frame).await?;
@@ -329,24 +329,18 @@ where
     .await
 }
 
-/// Tell a refused client why (a native `error` message), then close with the refusal's code.
-pub async fn refuse<IO>(mut io: IO, refusal: ConnectRefusal)
+/// Tell a refused client why, then close with the refusal's code.
+pub async fn refuse<IO>(mut io: IO, refused: crate::transport::Refused)
 where
     IO: AsyncWrite + Unpin,
 {
-    let data = serde_json::to_vec(&ErrorData::new(
-        refusal.refusal.code,
-        refusal.refusal.message.clone(),
-    ))
-    .expect("ErrorData serialises");
-    let mut env = Envelope::new("0", MessageType::Error, herald_core::clock::unix_ms());
-    env.event = Some(refusal.refusal.code.name());
-    env.data = &data;
-    let mut frame = Vec::new();
-    encode_frame(&mut frame, OpCode::Text, &env.to_vec(), None);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        io.write_all(&frame).await?;
-        write_close(&mut io, refusal.close).await
+        if let Some(message) = &refused.message {
+            let mut frame = Vec::new();
+            encode_frame(&mut frame, OpCode::Text, message, None);
+            io.write_all(&frame).await?;
+        }
+        write_close(&mut io, refused.code, &refused.reason).await
     })
     .await;
 }

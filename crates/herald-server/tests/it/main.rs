@@ -11,5 +11,6 @@ mod limits;
 mod messaging;
 mod network;
 mod presence;
+mod pusher;
 mod shutdown;
 mod tls;

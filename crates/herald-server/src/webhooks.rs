@@ -1,0 +1,375 @@
+//! Webhook delivery: batching, signing and retries, away from the fan-out path.
+//!
+//! Events come from the core's bounded queue ([`herald_core::webhook`]). They are grouped
+//! into batches (up to [`BATCH_MAX`] events, or what arrives within [`BATCH_WINDOW`]) per app,
+//! filtered per endpoint (event types, channel prefix), and handed to that endpoint's own
+//! sender task through a bounded queue. A sender POSTs
+//! `{"time_ms":…,"events":[…]}` with `X-Pusher-Key` and `X-Pusher-Signature` (HMAC-SHA256 of
+//! the body with the app secret), and retries a failed batch (transport error or non-2xx)
+//! with exponential backoff from 1 s up to 60 s, for [`RETRY_WINDOW`] in all; then the batch
+//! is given up, logged and counted (`herald_webhooks_failed_total`). Batches for one
+//! endpoint go out in order, one at a time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::settings::WebhookSettings;
+use herald_core::webhook::{AppWebhookEvent, WebhookEvent};
+use herald_core::{Metrics, Node};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Most events in one webhook request.
+pub const BATCH_MAX: usize = 50;
+/// How long the first event of a batch waits for others.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// How long a batch is retried before it is given up.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// Time allowed for one webhook request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Batches an endpoint may have waiting; beyond it new batches are dropped and counted.
+pub const ENDPOINT_QUEUE: usize = 1024;
+
+/// One endpoint's filters and the queue to its sender.
+struct Endpoint {
+    settings: WebhookSettings,
+    tx: mpsc::Sender<Vec<Value>>,
+}
+
+/// Deliver webhooks until `stop` fires or the core's queue closes.
+pub async fn run(
+    node: Arc<Node>,
+    mut rx: mpsc::Receiver<AppWebhookEvent>,
+    stop: CancellationToken,
+) {
+    let mut endpoints: HashMap<Arc<str>, Vec<Endpoint>> = HashMap::new();
+    for app in node.apps.all() {
+        let list = app
+            .settings
+            .webhooks
+            .iter()
+            .map(|settings| {
+                let (tx, rx) = mpsc::channel(ENDPOINT_QUEUE);
+                tokio::spawn(sender(
+                    node.clone(),
+                    app.id.clone(),
+                    settings.url.clone(),
+                    rx,
+                    stop.clone(),
+                ));
+                Endpoint {
+                    settings: settings.clone(),
+                    tx,
+                }
+            })
+            .collect();
+        endpoints.insert(app.id.clone(), list);
+    }
+    loop {
+        let first = tokio::select! {
+            e = rx.recv() => match e { Some(e) => e, None => return },
+            () = stop.cancelled() => return,
+        };
+        let mut batch = vec![first];
+        let deadline = Instant::now() + BATCH_WINDOW;
+        while batch.len() < BATCH_MAX * 4 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => batch.push(e),
+                _ => break,
+            }
+        }
+        let mut by_app: HashMap<Arc<str>, Vec<AppWebhookEvent>> = HashMap::new();
+        for e in batch {
+            by_app.entry(e.app_id.clone()).or_default().push(e);
+        }
+        for (app_id, events) in by_app {
+            let Some(list) = endpoints.get(&app_id) else {
+                continue;
+            };
+            for endpoint in list {
+                let selected: Vec<Value> = events
+                    .iter()
+                    .filter(|e| wanted(&endpoint.settings, &e.event))
+                    .map(|e| event_json(&e.event))
+                    .collect();
+                for chunk in selected.chunks(BATCH_MAX) {
+                    if endpoint.tx.try_send(chunk.to_vec()).is_err() {
+                        node.metrics
+                            .webhooks_dropped
+                            .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        warn!(app = %app_id, "webhook endpoint queue is full; events dropped");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `endpoint` wants `event`.
+fn wanted(endpoint: &WebhookSettings, event: &WebhookEvent) -> bool {
+    (endpoint.event_types.is_empty() || endpoint.event_types.iter().any(|t| t == event.name()))
+        && endpoint
+            .channel_prefix
+            .as_deref()
+            .is_none_or(|p| event.channel().as_str().starts_with(p))
+}
+
+/// The Pusher webhook form of an event.
+pub fn event_json(event: &WebhookEvent) -> Value {
+    let name = event.name();
+    let channel = event.channel().as_str();
+    match event {
+        WebhookEvent::ChannelOccupied { .. }
+        | WebhookEvent::ChannelVacated { .. }
+        | WebhookEvent::CacheMiss { .. } => json!({"name": name, "channel": channel}),
+        WebhookEvent::MemberAdded { user_id, .. } | WebhookEvent::MemberRemoved { user_id, .. } => {
+            json!({"name": name, "channel": channel, "user_id": &**user_id})
+        }
+        WebhookEvent::ClientEvent {
+            event,
+            data,
+            socket_id,
+            user_id,
+            ..
+        } => {
+            let data: Value = serde_json::from_slice(&data.pusher_literal()).unwrap_or(Value::Null);
+            let mut v = json!({
+                "name": name,
+                "channel": channel,
+                "event": &**event,
+                "data": data,
+                "socket_id": socket_id.to_string(),
+            });
+            if let Some(u) = user_id {
+                v["user_id"] = json!(&**u);
+            }
+            v
+        }
+    }
+}
+
+/// One endpoint's sender: batches in order, each retried within the retry window.
+async fn sender(
+    node: Arc<Node>,
+    app_id: Arc<str>,
+    url: String,
+    mut rx: mpsc::Receiver<Vec<Value>>,
+    stop: CancellationToken,
+) {
+    let Some(app) = node.apps.by_id(&app_id).cloned() else {
+        return;
+    };
+    let target = match Target::parse(&url) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(app = %app_id, error = %e, "invalid webhook url");
+            return;
+        }
+    };
+    loop {
+        let events = tokio::select! {
+            b = rx.recv() => match b { Some(b) => b, None => return },
+            () = stop.cancelled() => return,
+        };
+        let body = serde_json::to_vec(&json!({
+            "time_ms": herald_core::clock::unix_ms(),
+            "events": events,
+        }))
+        .expect("webhook bodies serialise");
+        let signature = herald_core::pusher_auth::sign(
+            &app.settings.secret,
+            std::str::from_utf8(&body).unwrap_or(""),
+        );
+        let body = Bytes::from(body);
+        let started = Instant::now();
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match post(&target, body.clone(), &app.settings.key, &signature).await {
+                Ok(status) if (200..300).contains(&status) => {
+                    Metrics::inc(&node.metrics.webhooks_sent);
+                    break;
+                }
+                result => {
+                    let why = match result {
+                        Ok(status) => format!("answered {status}"),
+                        Err(e) => e,
+                    };
+                    if started.elapsed() + backoff > RETRY_WINDOW {
+                        Metrics::inc(&node.metrics.webhooks_failed);
+                        warn!(app = %app_id, host = %target.authority, reason = %why, "webhook given up after retrying");
+                        break;
+                    }
+                    debug!(app = %app_id, host = %target.authority, reason = %why, retry_in = ?backoff, "webhook failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+}
+
+/// A parsed webhook URL.
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+    authority: String,
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("the scheme must be http or https".into()),
+        };
+        let host = uri
+            .host()
+            .ok_or("no host")?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned());
+        Ok(Self {
+            tls,
+            host,
+            port,
+            authority,
+            path,
+        })
+    }
+}
+
+/// POST `body` to `target`; the HTTP status, or why it failed.
+async fn post(target: &Target, body: Bytes, key: &str, signature: &str) -> Result<u16, String> {
+    let request = http::Request::post(target.path.as_str())
+        .header(http::header::HOST, target.authority.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("x-pusher-key", key)
+        .header("x-pusher-signature", signature)
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        if target.tls {
+            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|e| format!("invalid server name: {e}"))?;
+            let tls = tokio_rustls::TlsConnector::from(client_tls())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            send(TokioIo::new(tls), request).await
+        } else {
+            send(TokioIo::new(tcp), request).await
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, attempt)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+async fn send<IO>(io: IO, request: http::Request<Full<Bytes>>) -> Result<u16, String>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    Ok(status)
+}
+
+/// The TLS client configuration for https webhooks: the system's root certificates.
+fn client_tls() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let loaded = rustls_native_certs::load_native_certs();
+            for cert in loaded.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                warn!("no system root certificates found; https webhooks will fail");
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_protocol::ChannelName;
+
+    #[test]
+    fn filters_and_shapes_events() {
+        let ch = ChannelName::new("presence-room").unwrap();
+        let e = WebhookEvent::MemberAdded {
+            channel: ch.clone(),
+            user_id: Arc::from("7"),
+        };
+        assert_eq!(
+            event_json(&e),
+            json!({"name": "member_added", "channel": "presence-room", "user_id": "7"})
+        );
+        let all = WebhookSettings {
+            url: "http://x".into(),
+            event_types: vec![],
+            channel_prefix: None,
+        };
+        assert!(wanted(&all, &e));
+        let only_vacated = WebhookSettings {
+            url: "http://x".into(),
+            event_types: vec!["channel_vacated".into()],
+            channel_prefix: None,
+        };
+        assert!(!wanted(&only_vacated, &e));
+        let prefix = WebhookSettings {
+            url: "http://x".into(),
+            event_types: vec![],
+            channel_prefix: Some("private-".into()),
+        };
+        assert!(!wanted(&prefix, &e));
+        let t = Target::parse("https://hooks.example.com:8443/pusher?x=1").unwrap();
+        assert!(
+            t.tls && t.port == 8443 && t.path == "/pusher?x=1" && t.host == "hooks.example.com"
+        );
+    }
+}
