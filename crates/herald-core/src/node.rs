@@ -334,9 +334,14 @@ impl Node {
         let admission = match Admission::acquire(self, &app, req.ip) {
             Ok(a) => a,
             Err(what) => {
+                let close = if what == "app" {
+                    CloseCode::AppOverQuota
+                } else {
+                    CloseCode::OverCapacity
+                };
                 return refused(ConnectRefusal::new(
                     ErrorCode::TooManyConnections,
-                    CloseCode::OverCapacity,
+                    close,
                     format!("{what} connection limit reached"),
                 ));
             }

@@ -468,6 +468,13 @@ impl Session {
                 "client events are only allowed on private and presence channels",
             ));
         }
+        // As in Pusher: the server could not tell an encrypted payload from a plain one.
+        if sub.channel.kind().access == herald_protocol::channel::Access::PrivateEncrypted {
+            return Err(Refusal::new(
+                ErrorCode::ClientEventsDisabled,
+                "client events are not supported on private-encrypted channels",
+            ));
+        }
         check_payload(&self.app, &data)?;
         if !self.client_events.try_take() {
             return Err(Refusal::new(

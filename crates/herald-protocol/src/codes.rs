@@ -300,8 +300,10 @@ pub enum CloseCode {
     OriginNotAllowed,
     /// 4008: the server disconnected this client and asks it not to come back.
     Terminated,
-    /// 4100: a connection limit (node, app or IP) is reached.
+    /// 4100: a node or per-IP connection limit is reached.
     OverCapacity,
+    /// 4103: the app's own connection limit (`apps.limits.max_connections`) is reached.
+    AppOverQuota,
     /// 4101: the client read too slowly and its outbound queue filled up.
     SlowConsumer,
     /// 4102: the client sent too many messages too fast.
@@ -330,6 +332,7 @@ impl CloseCode {
         Self::OriginNotAllowed,
         Self::Terminated,
         Self::OverCapacity,
+        Self::AppOverQuota,
         Self::SlowConsumer,
         Self::TooManyRequests,
         Self::Reconnect,
@@ -354,6 +357,7 @@ impl CloseCode {
             Self::OriginNotAllowed => 4006,
             Self::Terminated => 4008,
             Self::OverCapacity => 4100,
+            Self::AppOverQuota => 4103,
             Self::SlowConsumer => 4101,
             Self::TooManyRequests => 4102,
             Self::Reconnect => 4200,
@@ -379,6 +383,7 @@ impl CloseCode {
             Self::OriginNotAllowed => "origin not allowed",
             Self::Terminated => "disconnected by the server",
             Self::OverCapacity => "over capacity, back off",
+            Self::AppOverQuota => "app over connection quota, back off",
             Self::SlowConsumer => "slow consumer",
             Self::TooManyRequests => "too many requests, back off",
             Self::Reconnect => "reconnect requested",

@@ -73,6 +73,7 @@ pub const fn close_code(code: CloseCode) -> (u16, &'static str) {
         }
         CloseCode::Terminated => (4009, "You got disconnected by the app."),
         CloseCode::OverCapacity => (4100, "Over capacity"),
+        CloseCode::AppOverQuota => (4004, "Application is over connection quota"),
         CloseCode::SlowConsumer => (4100, "Slow consumer: messages were not read in time"),
         CloseCode::TooManyRequests => (4100, "Too many messages, back off"),
         CloseCode::GoingAway => (4200, "Server going away, reconnect"),

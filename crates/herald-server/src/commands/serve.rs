@@ -85,8 +85,10 @@ fn announce(config: &Config, listeners: &Listeners, started: Instant) {
         );
         println!("  websocket  ws://{main}/ws/{{app_key}}");
         println!("  http api   http://{main}/api/{{app_id}}/publish");
+        println!("  pusher     ws://{main}/app/{{app_key}}  http://{main}/apps/{{app_id}}/events");
         if let Some(tls) = tls {
             println!("  tls        wss://{tls}/ws/{{app_key}}  https://{tls}/api/{{app_id}}/…");
+            println!("             wss://{tls}/app/{{app_key}}  https://{tls}/apps/{{app_id}}/…");
         }
         if let Some(admin) = admin {
             println!("  admin      {}", crate::admin::describe(admin));

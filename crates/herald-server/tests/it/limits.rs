@@ -31,7 +31,7 @@ async fn node_and_app_connection_caps() {
     server.expect_refused(APP_KEY, None, 303, 4100).await;
     let server = TestServer::with(|c| c.apps[0].limits.max_connections = 1).await;
     let _a = server.connect().await;
-    server.expect_refused(APP_KEY, None, 303, 4100).await;
+    server.expect_refused(APP_KEY, None, 303, 4103).await;
 }
 
 #[tokio::test]

@@ -241,6 +241,22 @@ async fn disabled_app_is_refused_with_4003() {
 }
 
 #[tokio::test]
+async fn connection_limits_give_pusher_quota_and_capacity_codes() {
+    // The app's own quota: 4004, which pusher-js does not retry.
+    let server = TestServer::with(|c| c.apps[0].limits.max_connections = 1).await;
+    let _first = Pusher::connect(&server).await;
+    let mut p = Pusher::open(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
+    assert_eq!(p.recv().await["data"]["code"], 4004);
+    p.expect_close(4004).await;
+    // The node's capacity: 4100, which pusher-js retries after a delay.
+    let server = TestServer::with(|c| c.limits.max_connections = 1).await;
+    let _first = Pusher::connect(&server).await;
+    let mut p = Pusher::open(&server, &format!("/app/{APP_KEY}?protocol=7")).await;
+    assert_eq!(p.recv().await["data"]["code"], 4100);
+    p.expect_close(4100).await;
+}
+
+#[tokio::test]
 async fn public_and_private_channels_receive_double_encoded_events() {
     let server = TestServer::start().await;
     let mut p = Pusher::connect(&server).await;
@@ -495,7 +511,7 @@ async fn cache_channels_replay_the_last_event_or_say_miss() {
 
 #[tokio::test]
 async fn encrypted_channel_data_passes_through_untouched() {
-    let server = TestServer::start().await;
+    let server = TestServer::with(|c| c.apps[0].client_events = true).await;
     let mut p = Pusher::connect(&server).await;
     p.subscribe_ok("private-encrypted-vault", None).await;
     let sealed = r#"{"nonce":"4bXpHR+fH4H0GGnz3NjZ3ZkP9Gm/ZF3i","ciphertext":"q0vMIPX6dJzO2w=="}"#;
@@ -505,6 +521,19 @@ async fn encrypted_channel_data_passes_through_untouched() {
     )
     .await;
     assert_eq!(p.recv().await["data"], sealed);
+
+    // Client events are not supported on encrypted channels (as in Pusher).
+    p.send(json!({"event": "client-peek", "channel": "private-encrypted-vault", "data": {}}))
+        .await;
+    let refused = p.recv().await;
+    assert_eq!(refused["event"], "pusher:error");
+    assert!(
+        refused["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("encrypted"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
