@@ -27,7 +27,17 @@ HERALD = os.path.join(ROOT, "target", "release", "herald")
 # Each server: how to start it, where it listens, and how herald-bench talks to it.
 SERVERS = {
     "herald": {
-        "cmd": [HERALD, "serve", "--listen", "127.0.0.1:6001", "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "cmd": [HERALD, "serve", "--config", "bench/herald.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
+        "cwd": ROOT,
+        "port": 6001,
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
+    },
+    # Herald with history on every channel: the cost of offsets and storage (not a baseline).
+    "herald-history": {
+        "cmd": [HERALD, "serve", "--config", "bench/herald-history.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
         "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
         "cwd": ROOT,
         "port": 6001,

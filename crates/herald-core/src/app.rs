@@ -9,6 +9,7 @@ use herald_protocol::ErrorCode;
 use parking_lot::Mutex;
 
 use crate::auth::TokenVerifier;
+use crate::history::HistoryPolicy;
 use crate::hub::Hub;
 use crate::ratelimit::{Rate, TokenBucket};
 use crate::refusal::Refusal;
@@ -29,6 +30,8 @@ pub struct App {
     connections: AtomicU32,
     /// Publish-API rate limiter (absent when unlimited).
     publish_limiter: Option<Mutex<TokenBucket>>,
+    /// The history rules, in order, as policies.
+    history: Vec<(crate::pattern::Pattern, HistoryPolicy)>,
 }
 
 impl App {
@@ -40,7 +43,22 @@ impl App {
                 settings.limits.publish_rate,
             )))
         });
+        let history = settings
+            .history
+            .iter()
+            .map(|r| {
+                (
+                    r.pattern.clone(),
+                    HistoryPolicy {
+                        size: r.size,
+                        ttl: r.ttl,
+                        dedupe_window: r.dedupe_window,
+                    },
+                )
+            })
+            .collect();
         Ok(Self {
+            history,
             id: Arc::from(settings.id.as_str()),
             settings,
             verifier,
@@ -48,6 +66,14 @@ impl App {
             connections: AtomicU32::new(0),
             publish_limiter,
         })
+    }
+
+    /// How `channel` keeps history: the first matching `[[apps.history]]` rule, if any.
+    pub fn history_policy(&self, channel: &str) -> Option<&HistoryPolicy> {
+        self.history
+            .iter()
+            .find(|(pattern, _)| pattern.matches(channel))
+            .map(|(_, policy)| policy)
     }
 
     /// Whether a browser page from `origin` may connect.

@@ -14,6 +14,10 @@
 //!   There is no order across channels.
 //! - **Handler calls** for one channel never overlap, and a handler call never blocks on I/O:
 //!   it queues bytes and returns.
+//! - **History:** when `publish` is given a [`HistoryPolicy`], the broker appends the
+//!   publication to the channel's stream (which assigns its offset) and hands it on as one
+//!   atomic step per channel, so every node receives a channel's publications in offset
+//!   order and a publication is in history if and only if it was sent.
 //! - **Outage:** `publish` and `control` fail fast with [`BrokerError::Unavailable`] rather than
 //!   wait indefinitely; `health` reports [`BrokerHealth::Degraded`] until the backend has
 //!   reconnected and resubscribed.
@@ -28,7 +32,18 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use herald_protocol::{ChannelName, CloseCode, SocketId};
 
-use crate::publication::{DirectMessage, Publication};
+use crate::history::HistoryPolicy;
+use crate::publication::{DirectMessage, Position, Publication};
+
+/// What [`Broker::publish`] did.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// Accepted for delivery, with its history position set when the channel keeps history.
+    Sent(Arc<Publication>),
+    /// Not sent: its payload equals the channel's previous publication within the dedupe
+    /// window. The position is that previous publication's.
+    Unchanged(Position),
+}
 
 /// A message about connections rather than channels, delivered to every node.
 #[derive(Debug, Clone)]
@@ -100,9 +115,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Start delivering to `handler`. Called once, before any other method.
     fn start(&self, handler: Arc<dyn BrokerHandler>) -> Result<(), BrokerError>;
 
-    /// Publish to every node subscribed to the publication's channel, this one included.
-    /// Returns once the broker has accepted it, without waiting for the fan-out.
-    async fn publish(&self, publication: Arc<Publication>) -> Result<(), BrokerError>;
+    /// Publish to every node subscribed to the publication's channel, this one included,
+    /// appending it to the channel's history first when `history` is given (see the module
+    /// docs). Returns once the broker has accepted it, without waiting for the fan-out.
+    async fn publish(
+        &self,
+        publication: Publication,
+        history: Option<&HistoryPolicy>,
+    ) -> Result<Published, BrokerError>;
 
     /// Deliver a control message to every node, this one included.
     async fn control(&self, control: Control) -> Result<(), BrokerError>;

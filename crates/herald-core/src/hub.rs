@@ -24,16 +24,27 @@ use parking_lot::RwLock;
 use crate::metrics::Metrics;
 use crate::outbound::SessionHandle;
 use crate::publication::{DirectMessage, Publication};
+use crate::recovery::{Gate, Offered};
 
 /// Number of channel-map shards.
 pub const SHARDS: usize = 32;
+
+/// One subscriber of a channel.
+#[derive(Debug)]
+struct Subscriber {
+    /// The connection.
+    handle: Arc<SessionHandle>,
+    /// Present while (and after) the subscriber recovers on a channel with history; see
+    /// `recovery.rs`. `None` for everyone else, which keeps their fan-out a plain push.
+    gate: Option<Arc<Gate>>,
+}
 
 /// The local subscribers of one channel.
 #[derive(Debug, Default)]
 struct Channel {
     /// Subscribers by socket id. An IndexMap: O(1) insert and remove, and iteration over
     /// contiguous memory during fan-out.
-    subscribers: RwLock<IndexMap<SocketId, Arc<SessionHandle>>>,
+    subscribers: RwLock<IndexMap<SocketId, Subscriber>>,
 }
 
 /// One shard of the channel map.
@@ -81,18 +92,23 @@ impl Hub {
         &self.shards[crate::shard::shard_of(&[channel.as_bytes()], SHARDS)]
     }
 
-    /// Add `handle` to `channel`. Subscribing twice replaces the first entry.
+    /// Add `handle` to `channel`, behind `gate` if given. Subscribing twice replaces the
+    /// first entry.
     pub fn subscribe(
         &self,
         channel: &ChannelName,
         handle: Arc<SessionHandle>,
+        gate: Option<Arc<Gate>>,
         metrics: &Metrics,
     ) -> Subscribed {
         let mut shard = self.shard(channel.as_str()).write();
         let entry = shard.entry(channel.clone()).or_default();
         let mut subs = entry.subscribers.write();
         let first_on_node = subs.is_empty();
-        if subs.insert(handle.socket_id, handle).is_none() {
+        if subs
+            .insert(handle.socket_id, Subscriber { handle, gate })
+            .is_none()
+        {
             metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
         }
         if first_on_node {
@@ -134,7 +150,7 @@ impl Hub {
 
     /// Queue `publication` for every local subscriber of its channel except the excluded
     /// one. Returns how many connections it was queued for.
-    pub fn broadcast(&self, publication: &Publication, metrics: &Metrics) -> usize {
+    pub fn broadcast(&self, publication: &Arc<Publication>, metrics: &Metrics) -> usize {
         let Some(channel) = self
             .shard(publication.channel.as_str())
             .read()
@@ -145,8 +161,15 @@ impl Hub {
         };
         let subs = channel.subscribers.read();
         let mut queued = 0;
-        for (socket, handle) in subs.iter() {
+        for (socket, sub) in subs.iter() {
             if publication.exclude == Some(*socket) {
+                continue;
+            }
+            let handle = &sub.handle;
+            if let Some(gate) = &sub.gate {
+                if gate.offer(publication, handle, metrics) == Offered::Queued {
+                    queued += 1;
+                }
                 continue;
             }
             if let Some(bytes) = publication.encoded(handle.protocol) {
@@ -230,10 +253,13 @@ mod tests {
         let hub = Hub::new();
         let ch = ChannelName::new("news").unwrap();
         let (a, b, c) = (handle(1), handle(2), handle(3));
-        assert!(hub.subscribe(&ch, a.clone(), &m).first_on_node);
-        assert!(!hub.subscribe(&ch, b.clone(), &m).first_on_node);
-        hub.subscribe(&ch, c.clone(), &m);
-        assert_eq!(hub.broadcast(&publication(&ch, Some(b.socket_id)), &m), 2);
+        assert!(hub.subscribe(&ch, a.clone(), None, &m).first_on_node);
+        assert!(!hub.subscribe(&ch, b.clone(), None, &m).first_on_node);
+        hub.subscribe(&ch, c.clone(), None, &m);
+        assert_eq!(
+            hub.broadcast(&Arc::new(publication(&ch, Some(b.socket_id))), &m),
+            2
+        );
         let take = |h: &SessionHandle| {
             let mut out = VecDeque::new();
             h.take_into(&mut out);
@@ -258,8 +284,8 @@ mod tests {
         let hub = Hub::new();
         let ch = ChannelName::new("private-x").unwrap();
         let (a, b) = (handle(1), handle(2));
-        hub.subscribe(&ch, a.clone(), &m);
-        hub.subscribe(&ch, b.clone(), &m);
+        hub.subscribe(&ch, a.clone(), None, &m);
+        hub.subscribe(&ch, b.clone(), None, &m);
         assert_eq!(hub.channels("private-"), vec![(ch.clone(), 2)]);
         let u = hub.unsubscribe(&ch, a.socket_id, &m);
         assert!(u.removed && !u.last_on_node);

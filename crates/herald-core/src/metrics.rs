@@ -110,6 +110,16 @@ pub struct Metrics {
     pub messages_received: AtomicU64,
     /// Publications accepted (API publishes, client events, presence changes), per channel.
     pub messages_published: AtomicU64,
+    /// Publishes not delivered because they repeated an idempotency key.
+    pub publishes_deduplicated: AtomicU64,
+    /// Publications not delivered because their payload equalled the channel's previous one.
+    pub publishes_unchanged: AtomicU64,
+    /// Subscriptions that asked for recovery and got every missed publication.
+    pub recoveries_succeeded: AtomicU64,
+    /// Subscriptions that asked for recovery and were told it was not possible.
+    pub recoveries_failed: AtomicU64,
+    /// Publications replayed from history by recoveries.
+    pub recovered_publications: AtomicU64,
     /// Messages written to client sockets (publications, replies, pings).
     pub messages_delivered: AtomicU64,
     /// Socket writes (each carries every message queued for one connection at that moment).
@@ -207,6 +217,36 @@ impl Metrics {
             "herald_messages_published_total",
             "Publications accepted, per channel.",
             &self.messages_published,
+        );
+        counter(
+            out,
+            "herald_publishes_deduplicated_total",
+            "Publishes not delivered because they repeated an idempotency key.",
+            &self.publishes_deduplicated,
+        );
+        counter(
+            out,
+            "herald_publishes_unchanged_total",
+            "Publications dropped by dedupe: same payload as the channel's previous one.",
+            &self.publishes_unchanged,
+        );
+        counter(
+            out,
+            "herald_recoveries_succeeded_total",
+            "Recoveries that replayed every missed publication.",
+            &self.recoveries_succeeded,
+        );
+        counter(
+            out,
+            "herald_recoveries_failed_total",
+            "Recoveries reported as not possible (recovered: false).",
+            &self.recoveries_failed,
+        );
+        counter(
+            out,
+            "herald_recovered_publications_total",
+            "Publications replayed from history by recoveries.",
+            &self.recovered_publications,
         );
         counter(
             out,

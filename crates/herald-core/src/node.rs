@@ -16,16 +16,21 @@ use parking_lot::Mutex;
 use tracing::warn;
 
 use crate::app::{App, AppRegistry};
-use crate::broker::{Broker, BrokerHandler, BrokerHealth, Control};
+use crate::broker::memory::MemoryBroker;
+use crate::broker::{Broker, BrokerHandler, BrokerHealth, Control, Published};
 use crate::cache::ChannelCache;
 use crate::clock::{NodeClock, unix_ms};
 use crate::heartbeat;
+use crate::history::HistoryStore;
+use crate::history::memory::MemoryHistory;
 use crate::hub::Hub;
+use crate::idempotency::{Claim, IdempotencyKeys};
 use crate::ids::IdGenerator;
 use crate::metrics::Metrics;
 use crate::outbound::{QueueLimits, SessionHandle};
 use crate::presence::PresenceManager;
-use crate::publication::{DirectMessage, EventData, Member, Payload, Publication};
+use crate::presence::memory::MemoryPresence;
+use crate::publication::{DirectMessage, EventData, Member, Payload, Position, Publication};
 use crate::refusal::Refusal;
 use crate::session::Session;
 use crate::settings::{AppSettings, NodeLimits};
@@ -80,6 +85,8 @@ pub struct PublishRequest {
     pub data: EventData,
     /// A connection that must not receive it.
     pub exclude: Option<SocketId>,
+    /// A repeat of this key within the app's idempotency window is not delivered again.
+    pub idempotency_key: Option<String>,
 }
 
 /// The result of an accepted publish.
@@ -87,8 +94,46 @@ pub struct PublishRequest {
 pub struct PublishReceipt {
     /// The message id, shared by all channels of this publish.
     pub id: Arc<str>,
-    /// The channels it was published to.
-    pub channels: Vec<ChannelName>,
+    /// The channels it was published to, in request order.
+    pub channels: Vec<PublishedChannel>,
+    /// This publish repeated an earlier one's idempotency key and was not delivered again;
+    /// the rest of the receipt is the earlier publish's.
+    pub duplicate: bool,
+}
+
+/// What a publish did on one channel.
+#[derive(Debug, Clone)]
+pub struct PublishedChannel {
+    /// The channel.
+    pub name: ChannelName,
+    /// Its history position, when the channel keeps history.
+    pub position: Option<Position>,
+    /// Not delivered: same payload as the channel's previous publication within the
+    /// dedupe window (`position` is that publication's).
+    pub unchanged: bool,
+}
+
+/// The backends a node runs on: fan-out, presence and history.
+pub struct Backends {
+    /// Moves publications between nodes (and appends history as part of a publish).
+    pub broker: Arc<dyn Broker>,
+    /// Tracks presence members.
+    pub presence: Arc<dyn PresenceManager>,
+    /// Reads and administers channel history.
+    pub history: Arc<dyn HistoryStore>,
+}
+
+impl Backends {
+    /// The single-node, in-memory backends: `dispatchers` fan-out tasks with `queue`-entry
+    /// queues, memory presence and memory history.
+    pub fn memory(dispatchers: usize, queue: usize) -> Self {
+        let history = Arc::new(MemoryHistory::new());
+        Self {
+            broker: Arc::new(MemoryBroker::new(dispatchers, queue, history.clone())),
+            presence: Arc::new(MemoryPresence::new()),
+            history,
+        }
+    }
 }
 
 /// What the API reports about one channel.
@@ -136,6 +181,10 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     /// Tracks presence members.
     pub presence: Arc<dyn PresenceManager>,
+    /// Channel history, for recovery and the history API.
+    pub history: Arc<dyn HistoryStore>,
+    /// Recent idempotency keys of publishes.
+    pub idempotency: IdempotencyKeys,
     /// The node's metrics, shared with the transports and the admin endpoint.
     pub metrics: Arc<Metrics>,
     /// Live connections.
@@ -229,15 +278,16 @@ impl Node {
     pub fn start(
         limits: NodeLimits,
         apps: Vec<AppSettings>,
-        broker: Arc<dyn Broker>,
-        presence: Arc<dyn PresenceManager>,
+        backends: Backends,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, String> {
         let node = Arc::new(Self {
             apps: AppRegistry::new(apps)?,
             limits,
-            broker,
-            presence,
+            broker: backends.broker,
+            presence: backends.presence,
+            history: backends.history,
+            idempotency: IdempotencyKeys::new(),
             metrics,
             sessions: crate::registry::SessionRegistry::new(),
             clock: NodeClock::new(),
@@ -254,6 +304,15 @@ impl Node {
             .map_err(|e| format!("cannot start the {} broker: {e}", node.broker.name()))?;
         let heartbeat = tokio::spawn(heartbeat::run(Arc::downgrade(&node)));
         node.tasks.lock().push(heartbeat);
+        let weak = Arc::downgrade(&node);
+        node.tasks.lock().push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                node.history.sweep();
+            }
+        }));
         if node
             .apps
             .all()
@@ -421,49 +480,121 @@ impl Node {
         req: PublishRequest,
     ) -> Result<PublishReceipt, Refusal> {
         let id: Arc<str> = Arc::from(self.ids.next().as_str());
+        let limits = &app.settings.limits;
+        if let Some(key) = &req.idempotency_key {
+            match self.idempotency.claim(
+                &app.id,
+                key,
+                &id,
+                app.settings.idempotency_window,
+                limits.max_idempotency_keys,
+            ) {
+                Claim::New => {}
+                Claim::Duplicate(receipt) => {
+                    Metrics::inc(&self.metrics.publishes_deduplicated);
+                    return Ok(PublishReceipt {
+                        duplicate: true,
+                        ..(*receipt).clone()
+                    });
+                }
+                Claim::InFlight(first) => {
+                    Metrics::inc(&self.metrics.publishes_deduplicated);
+                    return Ok(PublishReceipt {
+                        id: first,
+                        channels: Vec::new(),
+                        duplicate: true,
+                    });
+                }
+            }
+        }
+        let result = self.publish_channels(app, &id, channels, &req).await;
+        if let Some(key) = &req.idempotency_key {
+            match &result {
+                Ok(receipt) => {
+                    self.idempotency
+                        .complete(&app.id, key, Arc::new(receipt.clone()));
+                }
+                Err(_) => self.idempotency.release(&app.id, key),
+            }
+        }
+        result
+    }
+
+    async fn publish_channels(
+        &self,
+        app: &App,
+        id: &Arc<str>,
+        channels: Vec<ChannelName>,
+        req: &PublishRequest,
+    ) -> Result<PublishReceipt, Refusal> {
         let event: Arc<str> = Arc::from(req.event.as_str());
         let timestamp = unix_ms();
-        for channel in &channels {
+        let limits = &app.settings.limits;
+        let mut published = Vec::with_capacity(channels.len());
+        for channel in channels {
             let payload = Payload::Event {
                 event: event.clone(),
                 data: req.data.clone(),
                 user_id: None,
             };
-            let publication = Arc::new(Publication::new(
+            let publication = Publication::new(
                 app.id.clone(),
                 channel.clone(),
                 id.clone(),
                 payload,
                 req.exclude,
                 timestamp,
-            ));
-            if channel.kind().cache {
-                let limits = &app.settings.limits;
-                self.cache.store(
-                    publication.clone(),
-                    limits.cache_ttl,
-                    limits.max_cached_channels,
-                );
-            }
-            self.publish_publication(publication).await?;
+            );
+            let policy = app.history_policy(channel.as_str());
+            let (position, unchanged) = match self.publish_publication(publication, policy).await? {
+                Published::Sent(publication) => {
+                    let position = publication.position.clone();
+                    if channel.kind().cache {
+                        self.cache
+                            .store(publication, limits.cache_ttl, limits.max_cached_channels);
+                    }
+                    (position, false)
+                }
+                Published::Unchanged(position) => {
+                    Metrics::inc(&self.metrics.publishes_unchanged);
+                    (Some(position), true)
+                }
+            };
+            published.push(PublishedChannel {
+                name: channel,
+                position,
+                unchanged,
+            });
         }
-        Ok(PublishReceipt { id, channels })
+        Ok(PublishReceipt {
+            id: id.clone(),
+            channels: published,
+            duplicate: false,
+        })
     }
 
-    /// Hand one publication to the broker and count it.
+    /// Hand one publication to the broker (appending it to history under `policy`) and
+    /// count it.
     pub(crate) async fn publish_publication(
         &self,
-        publication: Arc<Publication>,
-    ) -> Result<(), Refusal> {
-        self.broker.publish(publication).await.map_err(|e| {
-            warn!(error = %e, "publish failed");
-            Refusal::new(
-                ErrorCode::Internal,
-                "the broker is unavailable; retry later",
-            )
-        })?;
-        Metrics::inc(&self.metrics.messages_published);
-        Ok(())
+        publication: Publication,
+        policy: Option<&crate::history::HistoryPolicy>,
+    ) -> Result<Published, Refusal> {
+        let published = self
+            .broker
+            .publish(publication, policy)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "publish failed");
+                Refusal::new(
+                    ErrorCode::Internal,
+                    "the broker is unavailable; retry later",
+                )
+            })?;
+        if matches!(published, Published::Sent(_)) {
+            Metrics::inc(&self.metrics.messages_published);
+        }
+        Ok(published)
     }
 
     /// Publish a server-generated payload (presence change, client event) on a channel.
@@ -475,15 +606,17 @@ impl Node {
         exclude: Option<SocketId>,
     ) -> Result<(), Refusal> {
         let id: Arc<str> = Arc::from(self.ids.next().as_str());
-        let publication = Arc::new(Publication::new(
+        let publication = Publication::new(
             app.id.clone(),
             channel.clone(),
             id,
             payload,
             exclude,
             unix_ms(),
-        ));
-        self.publish_publication(publication).await
+        );
+        // Presence changes and client events are not kept in history.
+        self.publish_publication(publication, None).await?;
+        Ok(())
     }
 
     /// Send an event to every connection of `user_id`, on every node.

@@ -19,11 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use herald_protocol::native::StreamPosition;
 use herald_protocol::{ChannelName, CloseCode, ErrorCode, SocketId};
 use tracing::{debug, warn};
 
 use crate::app::App;
 use crate::auth::{Identity, authorize_channel};
+use crate::history::HistoryQuery;
 use crate::metrics::Metrics;
 use crate::node::{Admission, Node, check_payload, truncate};
 use crate::outbound::SessionHandle;
@@ -31,6 +33,7 @@ use crate::presence::JoinOutcome;
 use crate::publication::{EventData, Member, Payload, Publication};
 use crate::ratelimit::{Rate, TokenBucket};
 use crate::raw_json::RawJson;
+use crate::recovery::{Gate, Recovery};
 use crate::refusal::Refusal;
 use crate::webhook::WebhookEvent;
 use crate::wire::Protocol;
@@ -75,6 +78,12 @@ pub struct SubscribeOk {
     pub members: Option<Vec<Member>>,
     /// On cache channels: the cached last event, or `None` for a cache miss.
     pub cached: Option<Option<Arc<Publication>>>,
+    /// On channels with history: the stream position, and the recovery result and replay
+    /// when the client asked to recover.
+    pub recovery: Option<Recovery>,
+    /// On channels with history: holds live publications until the protocol adapter has
+    /// queued the reply and the replay, then calls [`Session::open_gate`].
+    gate: Option<Arc<Gate>>,
 }
 
 /// A connection's state.
@@ -195,11 +204,25 @@ impl Session {
             .push_message(Bytes::from(bytes), None, &self.node.metrics);
     }
 
-    /// Subscribe to `name`, authorised according to `auth`.
+    /// Let live publications through to a subscription made by [`Session::subscribe`], after
+    /// the reply and the replay have been queued. Returns `false` when live publications
+    /// were lost while the replay was prepared: the connection must then be closed with
+    /// [`CloseCode::Reconnect`] so the client recovers again from the position it has.
+    pub fn open_gate(&self, ok: &SubscribeOk) -> bool {
+        let Some(gate) = &ok.gate else {
+            return true;
+        };
+        let seam = ok.recovery.as_ref().map_or(0, Recovery::seam);
+        gate.open(seam, &self.handle, &self.node.metrics)
+    }
+
+    /// Subscribe to `name`, authorised according to `auth`, recovering from `since` when the
+    /// channel keeps history.
     pub async fn subscribe(
         &mut self,
         name: &str,
         auth: ChannelAuth<'_>,
+        since: Option<&StreamPosition>,
     ) -> Result<SubscribeOk, Refusal> {
         if let ChannelAuth::Pusher { .. } = auth
             && let Some(user) = herald_protocol::pusher::server_to_user_id(name)
@@ -294,9 +317,13 @@ impl Session {
             presence_user = Some(member.user_id);
         }
 
+        let policy = app.history_policy(channel.as_str()).cloned();
+        let gate = policy
+            .as_ref()
+            .map(|_| Arc::new(Gate::new(node.limits.max_queue_messages)));
         let added = app
             .hub
-            .subscribe(&channel, self.handle.clone(), &node.metrics);
+            .subscribe(&channel, self.handle.clone(), gate.clone(), &node.metrics);
         if added.first_on_node {
             if let Err(e) = node.broker.subscribe(&app.id, &channel).await {
                 warn!(error = %e, channel = %channel, "broker subscribe failed");
@@ -317,6 +344,50 @@ impl Session {
                     channel: channel.clone(),
                 },
             );
+        }
+        // History is read after joining the hub: see `recovery.rs` for why.
+        let recovery = match &policy {
+            Some(policy) => {
+                let max = app.settings.limits.max_recovery_publications;
+                let query = HistoryQuery {
+                    after_offset: since.map(|s| s.offset),
+                    limit: if since.is_some() { max } else { 0 },
+                    ..HistoryQuery::default()
+                };
+                match node
+                    .history
+                    .read(&app.id, &channel, &query, Some(policy))
+                    .await
+                {
+                    Ok(page) => Some(Recovery::decide(since, page, max)),
+                    Err(e) => {
+                        warn!(error = %e, channel = %channel, "history read failed");
+                        let sub = Subscription {
+                            channel,
+                            presence_user,
+                            in_hub: true,
+                        };
+                        release_subscription(&node, &app, socket, sub).await;
+                        return Err(Refusal::new(
+                            ErrorCode::Internal,
+                            "history is unavailable; retry later",
+                        ));
+                    }
+                }
+            }
+            None => None,
+        };
+        if let Some(outcome) = recovery.as_ref().and_then(|r| r.outcome) {
+            match outcome {
+                Ok(()) => {
+                    Metrics::inc(&node.metrics.recoveries_succeeded);
+                    let n = recovery.as_ref().map_or(0, |r| r.replay.len());
+                    node.metrics
+                        .recovered_publications
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(_) => Metrics::inc(&node.metrics.recoveries_failed),
+            }
         }
         self.subscriptions.push(Subscription {
             channel: channel.clone(),
@@ -368,6 +439,8 @@ impl Session {
             channel,
             members,
             cached,
+            recovery,
+            gate,
         })
     }
 
@@ -392,6 +465,8 @@ impl Session {
             channel,
             members: None,
             cached: None,
+            recovery: None,
+            gate: None,
         })
     }
 

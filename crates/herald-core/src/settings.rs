@@ -60,6 +60,56 @@ pub struct AppSettings {
     /// private channels with at most 100 subscribers when their count changes.
     #[serde(default)]
     pub subscription_count: bool,
+    /// Which channels keep a history stream, and how much: the first matching rule applies;
+    /// channels matching none keep no history.
+    #[serde(default)]
+    pub history: Vec<HistoryRule>,
+    /// A publish repeating an idempotency key seen within this window is acknowledged as a
+    /// duplicate and not delivered again.
+    #[serde(default = "default_idempotency_window", deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+}
+
+fn default_idempotency_window() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+/// Channels matching `pattern` keep a bounded history stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    /// Channels this rule applies to (`*` wildcards).
+    pub pattern: Pattern,
+    /// Most publications kept per channel (0: none kept, offsets and dedupe only).
+    #[serde(default = "default_history_size")]
+    pub size: usize,
+    /// Publications older than this are dropped.
+    #[serde(default = "default_history_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// Drop a publication whose event and data equal the previous one's on the channel
+    /// within this window ("hash-based change detection" for pollers). Unset: off.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub dedupe_window: Option<Duration>,
+}
+
+fn default_history_size() -> usize {
+    1000
+}
+
+fn default_history_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl HistoryRule {
+    /// A rule for `pattern` with the default size and TTL.
+    pub fn new(pattern: &str) -> Self {
+        Self {
+            pattern: Pattern::new(pattern),
+            size: default_history_size(),
+            ttl: default_history_ttl(),
+            dedupe_window: None,
+        }
+    }
 }
 
 fn default_webhook_delay() -> Duration {
@@ -114,6 +164,9 @@ impl AppSettings {
             webhook_delay: default_webhook_delay(),
             user_authentication_timeout: None,
             subscription_count: false,
+            // Every channel keeps history, so recovery works out of the box in development.
+            history: vec![HistoryRule::new("*")],
+            idempotency_window: default_idempotency_window(),
         }
     }
 
@@ -173,6 +226,14 @@ impl AppSettings {
                         ),
                     );
                 }
+            }
+        }
+        for (i, rule) in self.history.iter().enumerate() {
+            if rule.ttl.is_zero() {
+                bad(&format!("history[{i}].ttl"), "must be more than 0");
+            }
+            if rule.size > 100_000 {
+                bad(&format!("history[{i}].size"), "must be at most 100000");
             }
         }
         let l = &self.limits;
@@ -287,6 +348,10 @@ pub struct AppLimits {
     pub cache_ttl: Duration,
     /// Cache channels whose last event is kept at once (the oldest is forgotten first).
     pub max_cached_channels: usize,
+    /// Publications one recovery may replay; a larger gap is reported as not recovered.
+    pub max_recovery_publications: usize,
+    /// Idempotency keys remembered at once (the oldest are forgotten first).
+    pub max_idempotency_keys: usize,
 }
 
 impl Default for AppLimits {
@@ -303,6 +368,8 @@ impl Default for AppLimits {
             max_user_info_bytes: 1024,
             cache_ttl: Duration::from_secs(30 * 60),
             max_cached_channels: 10_000,
+            max_recovery_publications: 1000,
+            max_idempotency_keys: 100_000,
         }
     }
 }

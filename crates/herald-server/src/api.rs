@@ -15,11 +15,13 @@
 //! | GET | `channels?prefix=` | occupied channels, with subscriber counts |
 //! | GET | `channels/{name}` | one channel's subscriber and presence counts |
 //! | GET | `channels/{name}/presence` | a presence channel's members |
+//! | GET, DELETE | `channels/{name}/history` | read or clear a channel's history (`history_api.rs`) |
+//! | GET | `stats` | stored-history and connection figures (`history_api.rs`) |
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use herald_core::node::PublishRequest;
+use herald_core::node::{PublishReceipt, PublishRequest};
 use herald_core::{App, EventData, RawJson, Refusal};
 use herald_protocol::{ChannelName, CloseCode, ErrorCode, SocketId};
 use http::{Method, Request, Response, StatusCode};
@@ -119,6 +121,17 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> R
             },
             Err(r) => error(&r),
         },
+        (&Method::GET, ["channels", name, "history"]) => {
+            crate::history_api::read(shared, &app, &req, name).await
+        }
+        (&Method::DELETE, ["channels", name, "history"]) => {
+            crate::history_api::clear(shared, &app, name).await
+        }
+        (&Method::GET, ["stats"]) => crate::history_api::stats(shared, &app).await,
+        (_, ["channels", _, "history"]) | (_, ["stats"]) => fail(
+            ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed here"),
+        ),
         (_, ["publish" | "batch"])
         | (_, ["users", _, "events" | "disconnect"])
         | (_, ["sockets", _, "events"])
@@ -164,6 +177,9 @@ struct PublishBody<'a> {
     /// A socket id that must not receive the event.
     #[serde(default)]
     exclude_socket: Option<String>,
+    /// A repeat of this key within the app's idempotency window is not delivered again.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 impl PublishBody<'_> {
@@ -189,11 +205,20 @@ impl PublishBody<'_> {
             .map(|s| s.parse::<SocketId>())
             .transpose()
             .map_err(|e| Refusal::new(ErrorCode::InvalidRequest, format!("exclude_socket: {e}")))?;
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
+        {
+            return Err(Refusal::new(
+                ErrorCode::InvalidRequest,
+                format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
+            ));
+        }
         Ok(PublishRequest {
             channels,
             event: self.event.into_owned(),
             data: EventData::Json(self.data.map_or_else(RawJson::null, RawJson::from_raw)),
             exclude,
+            idempotency_key: self.idempotency_key,
         })
     }
 }
@@ -237,19 +262,64 @@ async fn publish(shared: &Arc<Shared>, app: &Arc<App>, req: Request<Incoming>) -
     }
 }
 
-/// `{"id":"…","channels":[…]}`, written directly: this is the API's hottest answer.
-fn receipt_response(receipt: &herald_core::node::PublishReceipt) -> Response<Body> {
-    let mut out = Vec::with_capacity(48 + receipt.channels.len() * 24);
+/// Longest idempotency key accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// `{"id":"…","channels":[…]}`, plus `positions` (channels with history), `unchanged`
+/// (dropped by dedupe) and `duplicate` (a repeated idempotency key) when they apply.
+/// Written directly: this is the API's hottest answer.
+fn receipt_json(receipt: &PublishReceipt, out: &mut Vec<u8>) {
+    use herald_protocol::json::{write_str, write_u64};
     out.extend_from_slice(b"{\"id\":");
-    herald_protocol::json::write_str(&mut out, &receipt.id);
+    write_str(out, &receipt.id);
     out.extend_from_slice(b",\"channels\":[");
     for (i, c) in receipt.channels.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        herald_protocol::json::write_str(&mut out, c.as_str());
+        write_str(out, c.name.as_str());
     }
-    out.extend_from_slice(b"]}");
+    out.push(b']');
+    let mut positions = receipt
+        .channels
+        .iter()
+        .filter_map(|c| c.position.as_ref().map(|p| (c, p)))
+        .peekable();
+    if positions.peek().is_some() {
+        out.extend_from_slice(b",\"positions\":{");
+        for (i, (c, p)) in positions.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, c.name.as_str());
+            out.extend_from_slice(b":{\"offset\":");
+            write_u64(out, p.offset);
+            out.extend_from_slice(b",\"epoch\":");
+            write_str(out, &p.epoch);
+            out.push(b'}');
+        }
+        out.push(b'}');
+    }
+    let mut unchanged = receipt.channels.iter().filter(|c| c.unchanged).peekable();
+    if unchanged.peek().is_some() {
+        out.extend_from_slice(b",\"unchanged\":[");
+        for (i, c) in unchanged.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, c.name.as_str());
+        }
+        out.push(b']');
+    }
+    if receipt.duplicate {
+        out.extend_from_slice(b",\"duplicate\":true");
+    }
+    out.push(b'}');
+}
+
+fn receipt_response(receipt: &PublishReceipt) -> Response<Body> {
+    let mut out = Vec::with_capacity(48 + receipt.channels.len() * 24);
+    receipt_json(receipt, &mut out);
     let mut resp = Response::new(crate::http::full(out));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -301,10 +371,11 @@ async fn batch(shared: &Arc<Shared>, app: &Arc<App>, req: Request<Incoming>) -> 
     let mut results = Vec::with_capacity(requests.len());
     for (channels, request) in requests {
         match shared.node.publish_validated(app, channels, request).await {
-            Ok(receipt) => results.push(json!({
-                "id": &*receipt.id,
-                "channels": receipt.channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
-            })),
+            Ok(receipt) => {
+                let mut out = Vec::new();
+                receipt_json(&receipt, &mut out);
+                results.push(serde_json::from_slice::<serde_json::Value>(&out).unwrap_or_default());
+            }
             Err(r) => return error(&r),
         }
     }

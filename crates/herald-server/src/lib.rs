@@ -28,6 +28,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod commands;
 pub mod config;
+pub mod history_api;
 pub mod http;
 pub mod listener;
 pub mod pusher_api;

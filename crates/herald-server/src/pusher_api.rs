@@ -239,6 +239,7 @@ fn prepare(shared: &Shared, app: &App, body: EventBody<'_>) -> Result<Trigger, R
         event: body.name.into_owned(),
         data,
         exclude,
+        idempotency_key: None,
     };
     let channels = if request.channels.is_empty() {
         // Only user channels: still check the event itself.

@@ -16,8 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use herald_core::broker::memory::MemoryBroker;
-use herald_core::presence::memory::MemoryPresence;
+use herald_core::node::Backends;
 use herald_core::{Metrics, Node};
 use herald_protocol::CloseCode;
 use tokio::net::TcpListener;
@@ -125,21 +124,19 @@ impl Server {
     /// tokio runtime.
     pub fn new(config: Config) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
-        let broker: Arc<dyn herald_core::Broker> = match config.broker.kind {
+        let backends = match config.broker.kind {
             BrokerKind::Memory => {
                 let dispatchers = match config.broker.dispatchers {
                     0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
                     n => n,
                 };
-                Arc::new(MemoryBroker::new(dispatchers, config.broker.queue))
+                Backends::memory(dispatchers, config.broker.queue)
             }
         };
-        let presence = Arc::new(MemoryPresence::new());
         let node = Node::start(
             config.limits.clone(),
             config.apps.clone(),
-            broker,
-            presence,
+            backends,
             metrics,
         )?;
         let tls = config.server.tls.as_ref().map(TlsState::new).transpose()?;

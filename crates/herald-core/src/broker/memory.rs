@@ -9,6 +9,10 @@
 //!   runs two handler calls for one channel at once;
 //! - channels spread over several dispatchers, so large fan-outs use every core.
 //!
+//! History goes to a [`MemoryHistory`]: the publish reserves room in the dispatch queue
+//! first, then appends and enqueues under the stream's lock, so offsets enter the queue in
+//! order and nothing waits while holding the lock.
+//!
 //! Delivery is exactly once within the process; there is no outage. `subscribe` and
 //! `unsubscribe` have nothing to do: every publication reaches the local handler, which
 //! ignores channels without subscribers.
@@ -20,7 +24,9 @@ use herald_protocol::ChannelName;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::{Broker, BrokerError, BrokerHandler, BrokerHealth, Control};
+use super::{Broker, BrokerError, BrokerHandler, BrokerHealth, Control, Published};
+use crate::history::memory::MemoryHistory;
+use crate::history::{Appended, HistoryPolicy};
 use crate::publication::Publication;
 
 /// One unit of work for a dispatcher.
@@ -37,6 +43,8 @@ pub struct MemoryBroker {
     receivers: Mutex<Vec<mpsc::Receiver<Dispatch>>>,
     /// The dispatcher tasks, aborted when the broker is dropped.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Channel streams, appended to as part of a publish.
+    history: Arc<MemoryHistory>,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -48,8 +56,9 @@ impl std::fmt::Debug for MemoryBroker {
 }
 
 impl MemoryBroker {
-    /// A broker with `dispatchers` tasks (at least 1), each with a queue of `queue` entries.
-    pub fn new(dispatchers: usize, queue: usize) -> Self {
+    /// A broker with `dispatchers` tasks (at least 1), each with a queue of `queue` entries,
+    /// keeping channel history in `history`.
+    pub fn new(dispatchers: usize, queue: usize, history: Arc<MemoryHistory>) -> Self {
         let (senders, receivers) = (0..dispatchers.max(1))
             .map(|_| mpsc::channel(queue.max(1)))
             .unzip();
@@ -57,13 +66,15 @@ impl MemoryBroker {
             senders,
             receivers: Mutex::new(receivers),
             tasks: Mutex::new(Vec::new()),
+            history,
         }
     }
 
-    /// A broker with one dispatcher per available core and 4096-entry queues.
+    /// A broker with one dispatcher per available core, 4096-entry queues and its own
+    /// history store.
     pub fn with_defaults() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self::new(cores, 4096)
+        Self::new(cores, 4096, Arc::new(MemoryHistory::new()))
     }
 
     fn sender_for(&self, app_id: &str, channel: &ChannelName) -> &mpsc::Sender<Dispatch> {
@@ -109,12 +120,29 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn publish(&self, publication: Arc<Publication>) -> Result<(), BrokerError> {
+    async fn publish(
+        &self,
+        publication: Publication,
+        history: Option<&HistoryPolicy>,
+    ) -> Result<Published, BrokerError> {
         let sender = self.sender_for(&publication.app_id, &publication.channel);
-        sender
-            .send(Dispatch::Publication(publication))
-            .await
-            .map_err(|_| BrokerError::Closed)
+        // Room first: the append below must not wait while it holds the stream's lock.
+        let permit = sender.reserve().await.map_err(|_| BrokerError::Closed)?;
+        let Some(policy) = history else {
+            let publication = Arc::new(publication);
+            permit.send(Dispatch::Publication(publication.clone()));
+            return Ok(Published::Sent(publication));
+        };
+        let mut sent = None;
+        let appended = self.history.append(publication, policy, |p| {
+            permit.send(Dispatch::Publication(p.clone()));
+            sent = Some(p);
+        });
+        match (appended, sent) {
+            (Appended::Stored(_), Some(p)) => Ok(Published::Sent(p)),
+            (Appended::Unchanged(position), _) => Ok(Published::Unchanged(position)),
+            (Appended::Stored(_), None) => Err(BrokerError::Closed),
+        }
     }
 
     async fn control(&self, control: Control) -> Result<(), BrokerError> {

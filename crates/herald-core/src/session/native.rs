@@ -13,6 +13,7 @@ use crate::clock::unix_ms;
 use crate::metrics::Metrics;
 use crate::publication::EventData;
 use crate::raw_json::RawJson;
+use crate::recovery::Recovery;
 use crate::refusal::Refusal;
 use crate::wire::Protocol;
 
@@ -45,26 +46,47 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
     };
     let reference = message.reference;
     match message.request {
-        Request::Subscribe { channel, token, .. } => {
+        Request::Subscribe {
+            channel,
+            token,
+            since,
+        } => {
             match session
-                .subscribe(&channel, ChannelAuth::Token(token.as_deref()))
+                .subscribe(
+                    &channel,
+                    ChannelAuth::Token(token.as_deref()),
+                    since.as_ref(),
+                )
                 .await
             {
                 Ok(ok) => {
+                    let data = subscribed_data(ok.recovery.as_ref());
                     let bytes = reply(
                         session,
                         MessageType::Subscribe,
                         Some(ok.channel.as_str()),
                         Some("subscribed"),
-                        b"{}",
+                        &data,
                         reference,
                     );
                     session.push(bytes);
-                    if let Some(members) = ok.members {
+                    // The replay follows the reply, oldest first.
+                    if let Some(recovery) = &ok.recovery {
+                        for p in &recovery.replay {
+                            if let Some(bytes) = p.encoded(Protocol::Native) {
+                                session.handle.push_message(
+                                    bytes.clone(),
+                                    None,
+                                    &session.node.metrics,
+                                );
+                            }
+                        }
+                    }
+                    if let Some(members) = ok.members.as_ref() {
                         let sync = PresenceSync {
                             count: members.len(),
                             members: members
-                                .into_iter()
+                                .iter()
                                 .map(|m| PresenceMember {
                                     user_id: m.user_id.to_string(),
                                     info: m.info.to_value(),
@@ -83,12 +105,15 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
                         session.push(bytes);
                     }
                     // A cache channel's last event follows the reply (a miss sends nothing).
-                    if let Some(Some(cached)) = ok.cached
+                    if let Some(Some(cached)) = &ok.cached
                         && let Some(bytes) = cached.encoded(Protocol::Native)
                     {
                         session
                             .handle
                             .push_message(bytes.clone(), None, &session.node.metrics);
+                    }
+                    if !session.open_gate(&ok) {
+                        return Err(CloseCode::Reconnect);
                     }
                 }
                 Err(refusal) => push_error(session, &refusal, Some(&channel), reference),
@@ -169,4 +194,24 @@ fn push_error(
         reference,
     );
     session.push(bytes);
+}
+
+/// The `data` of a `subscribed` reply: `{}`, or on a channel with history its position and,
+/// when the client asked, the recovery result.
+fn subscribed_data(recovery: Option<&Recovery>) -> Vec<u8> {
+    let Some(r) = recovery else {
+        return b"{}".to_vec();
+    };
+    let mut data = serde_json::json!({
+        "offset": r.position.offset,
+        "epoch": &*r.position.epoch,
+    });
+    if let Some(outcome) = r.outcome {
+        data["recovered"] = outcome.is_ok().into();
+        data["replayed"] = r.replay.len().into();
+        if let Err(why) = outcome {
+            data["reason"] = why.as_str().into();
+        }
+    }
+    serde_json::to_vec(&data).expect("JSON serialises")
 }

@@ -47,7 +47,7 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
     match &*message.event {
         "pusher:ping" => session.push(br#"{"event":"pusher:pong","data":"{}"}"#.to_vec()),
         "pusher:pong" => {}
-        "pusher:subscribe" => subscribe(session, &message).await,
+        "pusher:subscribe" => subscribe(session, &message).await?,
         "pusher:unsubscribe" => {
             if let Ok(data) = parse_data::<UnsubscribeData<'_>>(message.data) {
                 // Unsubscribing from a channel one is not on is not an error in Pusher.
@@ -88,19 +88,19 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
     Ok(())
 }
 
-async fn subscribe(session: &mut Session, message: &ClientMessage<'_>) {
+async fn subscribe(session: &mut Session, message: &ClientMessage<'_>) -> Result<(), CloseCode> {
     let data: SubscribeData<'_> = match parse_data(message.data) {
         Ok(d) => d,
         Err(e) => {
             push_error(session, None, &e);
-            return;
+            return Ok(());
         }
     };
     let auth = ChannelAuth::Pusher {
         auth: data.auth.as_deref(),
         channel_data: data.channel_data.as_deref(),
     };
-    match session.subscribe(&data.channel, auth).await {
+    match session.subscribe(&data.channel, auth, None).await {
         Ok(ok) => {
             let payload = match &ok.members {
                 Some(members) => {
@@ -120,7 +120,7 @@ async fn subscribe(session: &mut Session, message: &ClientMessage<'_>) {
                 Some(&payload),
                 None,
             ));
-            match ok.cached {
+            match &ok.cached {
                 Some(Some(cached)) => {
                     if let Some(bytes) = cached.encoded(Protocol::Pusher) {
                         session
@@ -136,9 +136,13 @@ async fn subscribe(session: &mut Session, message: &ClientMessage<'_>) {
                 )),
                 None => {}
             }
+            if !session.open_gate(&ok) {
+                return Err(CloseCode::Reconnect);
+            }
         }
         Err(refusal) => push_subscription_error(session, &data.channel, &refusal),
     }
+    Ok(())
 }
 
 /// `pusher:subscription_error`, in the shape pusher-js reports for a failed authorisation.

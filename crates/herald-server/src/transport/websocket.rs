@@ -402,8 +402,7 @@ pub fn handshake<B>(
 mod tests {
     use std::sync::Arc;
 
-    use herald_core::broker::memory::MemoryBroker;
-    use herald_core::presence::memory::MemoryPresence;
+    use herald_core::node::Backends;
     use herald_core::{AppSettings, ConnectRequest, Metrics, Node, NodeLimits, Protocol};
 
     use super::*;
@@ -415,8 +414,7 @@ mod tests {
         let node = Node::start(
             NodeLimits::default(),
             vec![AppSettings::development()],
-            Arc::new(MemoryBroker::new(1, 16)),
-            Arc::new(MemoryPresence::new()),
+            Backends::memory(1, 16),
             Arc::new(Metrics::new()),
         )
         .unwrap();

@@ -37,6 +37,8 @@ pub fn test_app() -> AppSettings {
     app.key = APP_KEY.into();
     app.secret = Secret::new(SECRET);
     app.client_events = true;
+    // History only where a test asks for it.
+    app.history = Vec::new();
     app
 }
 

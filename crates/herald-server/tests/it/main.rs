@@ -12,5 +12,6 @@ mod messaging;
 mod network;
 mod presence;
 mod pusher;
+mod recovery;
 mod shutdown;
 mod tls;
