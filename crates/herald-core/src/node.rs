@@ -50,6 +50,9 @@ pub struct ConnectRequest<'a> {
     pub ip: IpAddr,
     /// The protocol the client speaks.
     pub protocol: Protocol,
+    /// On HTTP transports (SSE, long-polling): the id the client sends commands with,
+    /// announced in the `connected` message.
+    pub transport_session: Option<&'a str>,
 }
 
 /// A refused connection: the error to report and the close code to end it with.
@@ -427,7 +430,14 @@ impl Node {
         self.sessions.index_user(&handle);
         self.metrics.connections.fetch_add(1, Ordering::Relaxed);
         Metrics::inc(&self.metrics.connections_accepted);
-        Ok(Session::new(self.clone(), app, handle, identity, admission))
+        Ok(Session::new(
+            self.clone(),
+            app,
+            handle,
+            identity,
+            admission,
+            req.transport_session,
+        ))
     }
 
     /// Check a publish request against the app's limits without publishing it; returns

@@ -199,6 +199,15 @@ impl Recovery {
         }
     }
 
+    /// Turn a recovery into `recovered: false` (`too_many`): the replay would not fit the
+    /// connection's budget.
+    pub fn too_many(&mut self) {
+        if self.outcome.is_some() {
+            self.outcome = Some(Err(NotRecovered::TooMany));
+            self.replay.clear();
+        }
+    }
+
     /// The offset of the last publication the client will have once the replay is queued.
     pub fn seam(&self) -> u64 {
         self.replay

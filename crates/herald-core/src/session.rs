@@ -105,6 +105,10 @@ pub struct Session {
     inbound: TokenBucket,
     /// The connection's place in the connection limits, released when the session ends.
     admission: Option<Admission>,
+    /// Most publications, and bytes of them, one recovery may queue: half the outbound
+    /// queue by default, so a replay never overflows it by itself (a larger gap is
+    /// `recovered: false`, `too_many`). Transports with a smaller buffer lower it.
+    recovery_budget: (u32, u32),
 }
 
 impl std::fmt::Debug for Session {
@@ -125,8 +129,14 @@ impl Session {
         handle: Arc<SessionHandle>,
         identity: Option<Arc<Identity>>,
         admission: Admission,
+        transport_session: Option<&str>,
     ) -> Self {
         let inbound_rate = node.limits.max_client_messages_per_second;
+        let half = node_limits_half(&node);
+        let recovery_budget = (
+            u32::try_from(half.0).unwrap_or(u32::MAX),
+            u32::try_from(half.1).unwrap_or(u32::MAX),
+        );
         let session = Self {
             client_events: TokenBucket::new(Rate::per_second(
                 app.settings.limits.client_event_rate,
@@ -141,9 +151,10 @@ impl Session {
             identity,
             subscriptions: Vec::new(),
             admission: Some(admission),
+            recovery_budget,
         };
         let hello = match session.handle.protocol {
-            Protocol::Native => native::connected(&session),
+            Protocol::Native => native::connected(&session, transport_session),
             Protocol::Pusher => pusher::connected(&session),
         };
         session.push(hello);
@@ -168,6 +179,25 @@ impl Session {
     /// The app this session belongs to.
     pub fn app(&self) -> &Arc<App> {
         &self.app
+    }
+
+    /// Lower the recovery budget to at most `messages` publications and `bytes` bytes (for
+    /// transports whose buffer is smaller than the outbound queue).
+    pub fn limit_recovery(&mut self, messages: usize, bytes: usize) {
+        let (m, b) = self.recovery_budget;
+        self.recovery_budget = (
+            m.min(u32::try_from(messages).unwrap_or(u32::MAX)),
+            b.min(u32::try_from(bytes).unwrap_or(u32::MAX)),
+        );
+    }
+
+    /// The channels this session is subscribed to (not counting Pusher user channels).
+    pub fn channels(&self) -> Vec<ChannelName> {
+        self.subscriptions
+            .iter()
+            .filter(|s| s.in_hub)
+            .map(|s| s.channel.clone())
+            .collect()
     }
 
     /// Handle one text message from the client. Replies (and errors) are queued on the
@@ -348,7 +378,11 @@ impl Session {
         // History is read after joining the hub: see `recovery.rs` for why.
         let recovery = match &policy {
             Some(policy) => {
-                let max = app.settings.limits.max_recovery_publications;
+                let max = app
+                    .settings
+                    .limits
+                    .max_recovery_publications
+                    .min(self.recovery_budget.0 as usize);
                 let query = HistoryQuery {
                     after_offset: since.map(|s| s.offset),
                     limit: if since.is_some() { max } else { 0 },
@@ -359,7 +393,19 @@ impl Session {
                     .read(&app.id, &channel, &query, Some(policy))
                     .await
                 {
-                    Ok(page) => Some(Recovery::decide(since, page, max)),
+                    Ok(page) => {
+                        let mut recovery = Recovery::decide(since, page, max);
+                        let protocol = self.handle.protocol;
+                        let bytes: usize = recovery
+                            .replay
+                            .iter()
+                            .filter_map(|p| p.encoded(protocol).map(|b| b.len()))
+                            .sum();
+                        if bytes > self.recovery_budget.1 as usize {
+                            recovery.too_many();
+                        }
+                        Some(recovery)
+                    }
                     Err(e) => {
                         warn!(error = %e, channel = %channel, "history read failed");
                         let sub = Subscription {
@@ -702,4 +748,12 @@ async fn announce_subscription_count(node: &Node, app: &App, channel: &ChannelNa
     {
         warn!(error = %e, "cannot announce the subscription count");
     }
+}
+
+/// Half of the node's outbound queue limits (messages, bytes): the default recovery budget.
+fn node_limits_half(node: &Node) -> (usize, usize) {
+    (
+        node.limits.max_queue_messages / 2,
+        node.limits.max_queue_bytes / 2,
+    )
 }

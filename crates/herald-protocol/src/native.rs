@@ -156,6 +156,9 @@ pub struct ConnectedData {
     /// Seconds between server pings on an idle connection; a client that sees nothing for
     /// longer than `ping_interval` plus a margin should treat the connection as dead.
     pub ping_interval: u64,
+    /// On the SSE and long-polling transports: the session id to POST commands with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// `data` of an `error` message.
@@ -377,6 +380,52 @@ fn required<'a, T>(
     })
 }
 
+/// The channel position an encoded server message reports: a publication on a channel with
+/// history (`offset`, `epoch`), or a `subscribed` reply on such a channel (its `data`). Used
+/// by transports that must tell the client where it is (SSE event ids).
+pub fn message_position(bytes: &[u8]) -> Option<(String, StreamPosition)> {
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow, default)]
+        channel: Option<Cow<'a, str>>,
+        #[serde(default)]
+        offset: Option<u64>,
+        #[serde(borrow, default)]
+        epoch: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        data: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Subscribed {
+        offset: Option<u64>,
+        epoch: Option<String>,
+    }
+    let peek: Peek<'_> = serde_json::from_slice(bytes).ok()?;
+    let channel = peek.channel?.into_owned();
+    match (peek.kind.as_ref(), peek.offset, peek.epoch) {
+        ("event", Some(offset), Some(epoch)) => Some((
+            channel,
+            StreamPosition {
+                offset,
+                epoch: epoch.into_owned(),
+            },
+        )),
+        ("subscribe", _, _) => {
+            let data: Subscribed = serde_json::from_str(peek.data?.get()).ok()?;
+            Some((
+                channel,
+                StreamPosition {
+                    offset: data.offset?,
+                    epoch: data.epoch?,
+                },
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// A server message as a client sees it, for clients written in Rust (tests, the bench tool).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ServerMessage {
@@ -410,6 +459,28 @@ pub struct ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_are_read_from_publications_and_subscribe_replies() {
+        let mut env = Envelope::new("1", MessageType::Event, 5);
+        env.channel = Some("feed");
+        env.event = Some("e");
+        env.data = br#"{"x":1}"#;
+        env.position = Some((7, "ep"));
+        let (channel, pos) = message_position(&env.to_vec()).unwrap();
+        assert_eq!(
+            (channel.as_str(), pos.offset, pos.epoch.as_str()),
+            ("feed", 7, "ep")
+        );
+        let mut reply = Envelope::new("2", MessageType::Subscribe, 5);
+        reply.channel = Some("feed");
+        reply.data = br#"{"offset":3,"epoch":"e2"}"#;
+        assert_eq!(message_position(&reply.to_vec()).unwrap().1.offset, 3);
+        reply.data = b"{}";
+        assert!(message_position(&reply.to_vec()).is_none());
+        env.position = None;
+        assert!(message_position(&env.to_vec()).is_none());
+    }
 
     #[test]
     fn envelope_is_valid_json_with_every_field() {

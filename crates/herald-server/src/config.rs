@@ -36,8 +36,59 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// Node-wide connection limits and timing.
     pub limits: NodeLimits,
+    /// The Server-Sent Events transport.
+    pub sse: SseConfig,
+    /// The HTTP long-polling transport.
+    pub long_poll: LongPollConfig,
     /// The apps (tenants). Empty means: run with the development app.
     pub apps: Vec<AppSettings>,
+}
+
+/// The Server-Sent Events transport (`/sse/{app_key}`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// Whether the endpoint is served.
+    pub enabled: bool,
+    /// A comment line is sent this often, so proxies do not close an idle stream.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            heartbeat_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The HTTP long-polling transport (`/poll/{app_key}`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LongPollConfig {
+    /// Whether the endpoint is served.
+    pub enabled: bool,
+    /// A poll with nothing to return waits this long before answering empty.
+    #[serde(deserialize_with = "duration")]
+    pub poll_timeout: Duration,
+    /// A session with no poll open for this long expires (its presence ends).
+    #[serde(deserialize_with = "duration")]
+    pub session_timeout: Duration,
+    /// Messages kept for a session between polls; past this the session must resync.
+    pub max_buffered_messages: usize,
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_timeout: Duration::from_secs(25),
+            session_timeout: Duration::from_secs(60),
+            max_buffered_messages: 1000,
+        }
+    }
 }
 
 /// The client-facing listeners.
@@ -271,6 +322,30 @@ impl Config {
             problems.push((
                 "server.handshake_timeout".into(),
                 "must be more than 0".into(),
+            ));
+        }
+        if self.sse.heartbeat_interval.is_zero() {
+            problems.push((
+                "sse.heartbeat_interval".into(),
+                "must be more than 0".into(),
+            ));
+        }
+        if self.long_poll.poll_timeout.is_zero() {
+            problems.push((
+                "long_poll.poll_timeout".into(),
+                "must be more than 0".into(),
+            ));
+        }
+        if self.long_poll.session_timeout <= self.long_poll.poll_timeout {
+            problems.push((
+                "long_poll.session_timeout".into(),
+                "must be longer than long_poll.poll_timeout".into(),
+            ));
+        }
+        if self.long_poll.max_buffered_messages == 0 {
+            problems.push((
+                "long_poll.max_buffered_messages".into(),
+                "must be at least 1".into(),
             ));
         }
         if self.broker.queue == 0 {

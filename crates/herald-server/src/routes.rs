@@ -5,6 +5,9 @@
 //! | GET | `/` | name and version |
 //! | GET | `/ws/{app_key}` | native-protocol WebSocket |
 //! | GET | `/app/{app_key}` | Pusher-protocol WebSocket (protocol 7) |
+//! | GET | `/sse/{app_key}` | native protocol over Server-Sent Events (see `transport/sse.rs`) |
+//! | POST, GET, DELETE | `/poll/{app_key}[/{session}]` | native protocol over long-polling (`transport/long_poll.rs`) |
+//! | POST | `/sse/{app_key}/{session}` | a client message for an SSE session |
 //! | * | `/api/{app_id}/…` | native HTTP API (see `api.rs`) |
 //! | * | `/apps/{app_id}/…` | Pusher HTTP API (see `pusher_api.rs`) |
 
@@ -35,6 +38,10 @@ pub async fn handle(
     }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let cors = cors_origin(&shared, &req, &segments);
+    if cors.is_some() && req.method() == Method::OPTIONS {
+        return Ok(with_cors(preflight(), cors));
+    }
     let response = match (req.method(), segments.as_slice()) {
         (&Method::GET, [""]) => json(
             StatusCode::OK,
@@ -48,11 +55,74 @@ pub async fn handle(
             let app_key = (*app_key).to_owned();
             websocket(&shared, client_ip, req, &app_key, Protocol::Pusher)
         }
+        (&Method::GET, ["sse", app_key]) if shared.config.sse.enabled => {
+            let app_key = (*app_key).to_owned();
+            crate::transport::sse::open(&shared, req, client_ip, &app_key).await
+        }
+        (&Method::POST, ["sse" | "poll", app_key, id]) => {
+            let (app_key, id) = ((*app_key).to_owned(), (*id).to_owned());
+            crate::transport::http_session::command(&shared, req, &app_key, &id).await
+        }
+        (&Method::POST, ["poll", app_key]) if shared.config.long_poll.enabled => {
+            let app_key = (*app_key).to_owned();
+            crate::transport::long_poll::open(&shared, req, client_ip, &app_key).await
+        }
+        (&Method::GET, ["poll", app_key, id]) => {
+            crate::transport::long_poll::poll(&shared, &req, app_key, id).await
+        }
+        (&Method::DELETE, ["poll" | "sse", app_key, id]) => {
+            crate::transport::long_poll::close(&shared, app_key, id)
+        }
         (_, ["api", rest @ ..]) => crate::api::handle(&shared, req, rest).await,
         (_, ["apps", rest @ ..]) => crate::pusher_api::handle(&shared, req, rest).await,
         _ => fail(ErrorCode::NotFound, format!("no route for {path}")),
     };
-    Ok(response)
+    Ok(with_cors(response, cors))
+}
+
+/// The origin to allow on an SSE or long-polling request from a browser page on another
+/// origin: the page's, if the app (named by the key in the path) allows it.
+fn cors_origin(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    segments: &[&str],
+) -> Option<http::HeaderValue> {
+    let (["sse" | "poll", key] | ["sse" | "poll", key, _]) = segments else {
+        return None;
+    };
+    let origin = req.headers().get(http::header::ORIGIN)?;
+    let app = shared.node.apps.by_key(key)?;
+    app.allows_origin(origin.to_str().ok()?)
+        .then(|| origin.clone())
+}
+
+/// The answer to a CORS preflight.
+fn preflight() -> Response<Body> {
+    let mut resp = Response::new(crate::http::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::ACCESS_CONTROL_ALLOW_METHODS,
+        http::HeaderValue::from_static("GET, POST, DELETE"),
+    );
+    h.insert(
+        http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+        http::HeaderValue::from_static("content-type, authorization, last-event-id"),
+    );
+    h.insert(
+        http::header::ACCESS_CONTROL_MAX_AGE,
+        http::HeaderValue::from_static("600"),
+    );
+    resp
+}
+
+fn with_cors(mut resp: Response<Body>, origin: Option<http::HeaderValue>) -> Response<Body> {
+    if let Some(origin) = origin {
+        let h = resp.headers_mut();
+        h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.append(http::header::VARY, http::HeaderValue::from_static("origin"));
+    }
+    resp
 }
 
 /// Upgrade to a WebSocket session speaking `protocol`.
@@ -92,6 +162,7 @@ fn websocket(
                     origin: header_str(&req, "origin"),
                     ip,
                     protocol,
+                    transport_session: None,
                 })
                 .map_err(|r| {
                     debug!(%ip, code = %r.refusal.code, "websocket connection refused");

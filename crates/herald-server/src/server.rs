@@ -44,6 +44,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// When the server started, for `/status`.
     pub started: tokio::time::Instant,
+    /// Sessions of the SSE and long-polling transports.
+    pub http_sessions: crate::transport::http_session::HttpSessions,
 }
 
 impl Shared {
@@ -153,6 +155,7 @@ impl Server {
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 started: tokio::time::Instant::now(),
+                http_sessions: crate::transport::http_session::HttpSessions::new(),
             }),
             tls,
         })

@@ -8,7 +8,13 @@
 //! the three. So only the common path (plain TCP) is awaited inline; TLS, other streams and
 //! refusals are boxed, which costs one allocation on their rarer paths.
 
+pub mod http_session;
+pub mod long_poll;
+pub mod sse;
 pub mod websocket;
+
+/// Most channels an SSE `Last-Event-ID` (or `last_event_id`) may name.
+pub const MAX_RESUME_CHANNELS: usize = 200;
 
 /// A refused connection, ready for the wire: an optional message explaining why, then a
 /// close frame with the code the client's protocol uses.

@@ -18,13 +18,14 @@ use crate::refusal::Refusal;
 use crate::wire::Protocol;
 
 /// The `connected` message that opens every native connection.
-pub(super) fn connected(session: &Session) -> Vec<u8> {
+pub(super) fn connected(session: &Session, transport_session: Option<&str>) -> Vec<u8> {
     let limits = &session.node.limits;
     let data = ConnectedData {
         socket_id: session.handle.socket_id.to_string(),
         user_id: session.handle.user_id().map(|u| u.to_string()),
         activity_timeout: limits.activity_timeout.as_secs(),
         ping_interval: limits.ping_interval.as_secs(),
+        session: transport_session.map(str::to_owned),
     };
     let data = serde_json::to_vec(&data).expect("ConnectedData serialises");
     reply(session, MessageType::Connected, None, None, &data, None)

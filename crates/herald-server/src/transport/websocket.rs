@@ -425,6 +425,7 @@ mod tests {
                 origin: None,
                 ip: "127.0.0.1".parse().unwrap(),
                 protocol: Protocol::Native,
+                transport_session: None,
             })
             .unwrap();
         let (io, _peer) = tokio::io::duplex(64);

@@ -1,0 +1,275 @@
+//! What the two HTTP transports (SSE and long-polling) share: the registry of their sessions,
+//! the command path (client messages POSTed with the session id), and positions in the form
+//! SSE uses for `Last-Event-ID`.
+//!
+//! An HTTP session is one [`Session`] driven by one task, like a WebSocket connection. Its id
+//! is 128 random bits: knowing it is what entitles a request to act for the session, so it is
+//! unguessable, announced only to the client (in `connected`), and never logged.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::{ConnectRequest, Protocol, Session};
+use herald_protocol::native::StreamPosition;
+use herald_protocol::{ChannelName, ErrorCode};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::http::{Body, bearer, error, fail, header_str, json as json_response, read_body};
+use crate::server::Shared;
+
+/// Commands one session may have waiting for its task; more answer 429.
+const COMMAND_QUEUE: usize = 16;
+
+/// A live HTTP session, as the request handlers see it.
+#[derive(Debug)]
+pub struct HttpSession {
+    /// The app key the session was opened with; commands must name the same.
+    pub app_key: Box<str>,
+    /// Client messages for the session's task.
+    pub commands: mpsc::Sender<Bytes>,
+    /// The session's handle, to end it (`DELETE`).
+    pub handle: Arc<herald_core::SessionHandle>,
+    /// Long-polling sessions: the buffer polls read from.
+    pub poll: Option<Arc<super::long_poll::PollState>>,
+}
+
+/// Every HTTP session of this node, by id.
+#[derive(Debug, Default)]
+pub struct HttpSessions {
+    map: Mutex<HashMap<Box<str>, Arc<HttpSession>>>,
+}
+
+impl HttpSessions {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A fresh, unguessable session id.
+    pub fn new_id() -> String {
+        format!("{:032x}", rand::random::<u128>())
+    }
+
+    /// Register a session.
+    pub fn insert(&self, id: &str, session: Arc<HttpSession>) {
+        self.map.lock().insert(id.into(), session);
+    }
+
+    /// Look a session up, checking it belongs to `app_key`.
+    pub fn get(&self, id: &str, app_key: &str) -> Option<Arc<HttpSession>> {
+        self.map
+            .lock()
+            .get(id)
+            .filter(|s| &*s.app_key == app_key)
+            .cloned()
+    }
+
+    /// Forget a session (its task has ended).
+    pub fn remove(&self, id: &str) {
+        self.map.lock().remove(id);
+    }
+
+    /// Sessions registered now.
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A new command queue.
+pub fn command_queue() -> (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>) {
+    mpsc::channel(COMMAND_QUEUE)
+}
+
+/// Admit a native-protocol session for an HTTP transport: the same checks as a WebSocket
+/// (app, origin, token from `?token=` or `Authorization: Bearer`, limits).
+pub fn connect(
+    shared: &Arc<Shared>,
+    req: &Request<Incoming>,
+    ip: IpAddr,
+    app_key: &str,
+    session_id: &str,
+) -> Result<Session, Response<Body>> {
+    let token = crate::http::query_param(req, "token").or_else(|| bearer(req).map(str::to_owned));
+    shared
+        .node
+        .connect(ConnectRequest {
+            app_key,
+            token: token.as_deref(),
+            origin: header_str(req, "origin"),
+            ip,
+            protocol: Protocol::Native,
+            transport_session: Some(session_id),
+        })
+        .map_err(|r| error(&r.refusal))
+}
+
+/// The channels a request names with repeated `channel=` parameters.
+pub fn requested_channels<B>(req: &Request<B>) -> Vec<String> {
+    req.uri()
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k == "channel")
+                .map(|(_, v)| v.into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Subscribe `session` to `channels`, recovering each from `positions` when it is there, as
+/// if the client had sent the subscribe requests itself. Returns a close code if the session
+/// must end.
+pub async fn subscribe_initial(
+    session: &mut Session,
+    channels: &[String],
+    positions: &[(String, StreamPosition)],
+) -> Result<(), herald_protocol::CloseCode> {
+    for channel in channels {
+        let mut request = json!({"type": "subscribe", "channel": channel});
+        if let Some((_, pos)) = positions.iter().find(|(c, _)| c == channel) {
+            request["since"] = json!({"offset": pos.offset, "epoch": pos.epoch});
+        }
+        Box::pin(session.handle_text(request.to_string().as_bytes())).await?;
+    }
+    Ok(())
+}
+
+/// `POST /{sse|poll}/{app_key}/{session}`: hand a client message to the session's task.
+/// Replies arrive on the stream (SSE) or in the next poll (long-polling).
+pub async fn command(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    app_key: &str,
+    id: &str,
+) -> Response<Body> {
+    let Some(session) = shared.http_sessions.get(id, app_key) else {
+        return fail(
+            ErrorCode::NotFound,
+            "no such session: it ended or expired; open a new one",
+        );
+    };
+    let body = match read_body(req, shared.config.limits.max_message_size).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match session.commands.try_send(body) {
+        Ok(()) => json_response(StatusCode::ACCEPTED, &json!({})),
+        Err(mpsc::error::TrySendError::Full(_)) => fail(
+            ErrorCode::RateLimited,
+            "too many commands in flight for this session; wait for their replies",
+        ),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            fail(ErrorCode::NotFound, "the session has ended")
+        }
+    }
+}
+
+/// Positions in `Last-Event-ID` form: `channel:offset:epoch`, joined by `|`. Neither
+/// separator can occur in a channel name or an epoch.
+pub fn format_positions(positions: &[(String, StreamPosition)]) -> String {
+    let mut out = String::new();
+    for (i, (channel, pos)) in positions.iter().enumerate() {
+        if i > 0 {
+            out.push('|');
+        }
+        out.push_str(channel);
+        out.push(':');
+        out.push_str(&pos.offset.to_string());
+        out.push(':');
+        out.push_str(&pos.epoch);
+    }
+    out
+}
+
+/// Parse [`format_positions`] output; malformed entries are skipped (the channel is then
+/// subscribed without recovery).
+pub fn parse_positions(text: &str) -> Vec<(String, StreamPosition)> {
+    text.split('|')
+        .filter_map(|entry| {
+            let mut parts = entry.splitn(3, ':');
+            let channel = parts.next()?;
+            let offset = parts.next()?.parse().ok()?;
+            let epoch = parts.next()?;
+            ChannelName::new(channel).ok()?;
+            (!epoch.is_empty()).then(|| {
+                (
+                    channel.to_owned(),
+                    StreamPosition {
+                        offset,
+                        epoch: epoch.to_owned(),
+                    },
+                )
+            })
+        })
+        .take(super::MAX_RESUME_CHANNELS)
+        .collect()
+}
+
+/// Record `position` for `channel` in `positions`. Returns whether anything changed.
+pub fn update_position(
+    positions: &mut Vec<(String, StreamPosition)>,
+    channel: String,
+    position: StreamPosition,
+) -> bool {
+    match positions.iter_mut().find(|(c, _)| *c == channel) {
+        Some((_, p)) if *p == position => false,
+        Some((_, p)) => {
+            *p = position;
+            true
+        }
+        None => {
+            positions.push((channel, position));
+            true
+        }
+    }
+}
+
+/// The close notice an HTTP transport sends when its session ends: the code and reason a
+/// WebSocket client would get in its close frame.
+pub fn close_notice(code: herald_protocol::CloseCode) -> Vec<u8> {
+    serde_json::to_vec(&json!({"code": code.code(), "reason": code.reason()}))
+        .expect("JSON serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_bad_entries_are_skipped() {
+        let positions = vec![
+            (
+                "orders.1".to_owned(),
+                StreamPosition {
+                    offset: 12,
+                    epoch: "ab12".into(),
+                },
+            ),
+            (
+                "a=b,c;d@e".to_owned(),
+                StreamPosition {
+                    offset: 0,
+                    epoch: "ff".into(),
+                },
+            ),
+        ];
+        let text = format_positions(&positions);
+        assert_eq!(text, "orders.1:12:ab12|a=b,c;d@e:0:ff");
+        assert_eq!(parse_positions(&text), positions);
+        assert_eq!(
+            parse_positions("x:notanumber:e|ok:1:e|bad name:1:e|y:2:").len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The Server-Sent Events transport: `GET /sse/{app_key}?channel=…&token=…` opens a stream
+//! of native-protocol messages; the client sends commands with
+//! `POST /sse/{app_key}/{session}` (the session id comes in the `connected` message).
+//!
+//! - Every message is one SSE event: `data:` lines holding the JSON message.
+//! - When a channel's position changes (a publication on a channel with history, or a
+//!   `subscribed` reply on one), the event carries `id:` with the positions of every such
+//!   channel of the stream (`channel:offset:epoch|…`). The browser sends the last one back as
+//!   `Last-Event-ID` when it reconnects, and the channels named in the URL are subscribed
+//!   with recovery from there. Clients that cannot set headers pass `last_event_id=` instead.
+//! - A comment line (`: heartbeat`) every `sse.heartbeat_interval` keeps proxies from closing
+//!   an idle stream; responses carry `Cache-Control: no-cache` and `X-Accel-Buffering: no`.
+//! - When the session ends, a last event `event: close` carries `{"code","reason"}` (the
+//!   WebSocket close code and its advice), then the stream ends.
+//!
+//! The task writes through a small bounded channel to the response body; a client that does
+//! not read within `write_timeout` is a slow consumer (4101), like on a WebSocket.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::metrics::{LocalHistogram, Metrics};
+use herald_core::{OutItem, Session};
+use herald_protocol::CloseCode;
+use herald_protocol::native::{StreamPosition, message_position};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::http_session::{
+    self, HttpSession, close_notice, format_positions, parse_positions, update_position,
+};
+use crate::http::{Body, header_str, query_param};
+use crate::server::Shared;
+
+/// Chunks that may wait between the session task and the socket.
+const BODY_QUEUE: usize = 8;
+
+type Chunk = Result<Frame<Bytes>, Infallible>;
+
+/// `GET /sse/{app_key}`: open a stream.
+pub async fn open(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    ip: IpAddr,
+    app_key: &str,
+) -> Response<Body> {
+    let id = http_session::HttpSessions::new_id();
+    let session = match http_session::connect(shared, &req, ip, app_key, &id) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let channels = http_session::requested_channels(&req);
+    let resume = header_str(&req, "last-event-id")
+        .map(str::to_owned)
+        .or_else(|| query_param(&req, "last_event_id"))
+        .map(|t| parse_positions(&t))
+        .unwrap_or_default();
+    let (commands, command_rx) = http_session::command_queue();
+    shared.http_sessions.insert(
+        &id,
+        Arc::new(HttpSession {
+            app_key: app_key.into(),
+            commands,
+            handle: session.handle().clone(),
+            poll: None,
+        }),
+    );
+    let (tx, rx) = mpsc::channel::<Chunk>(BODY_QUEUE);
+    let shared2 = shared.clone();
+    shared.tracker.spawn(async move {
+        run(&shared2, session, command_rx, tx, channels, resume).await;
+        shared2.http_sessions.remove(&id);
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed());
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// Append one SSE event holding `json` (split into `data:` lines at any line break, which
+/// JSON allows only as whitespace), with `id` if given.
+fn write_event(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>, json: &[u8]) {
+    if let Some(event) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(event.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    for line in json.split(|b| *b == b'\n' || *b == b'\r') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// Send one chunk, or give up after `write_timeout` (slow consumer) or when the client has
+/// gone (the body was dropped).
+async fn send(tx: &mpsc::Sender<Chunk>, chunk: Vec<u8>, shared: &Shared) -> Result<(), CloseCode> {
+    let timeout = shared.config.limits.write_timeout;
+    match tokio::time::timeout(timeout, tx.send(Ok(Frame::data(Bytes::from(chunk))))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(CloseCode::Normal),
+        Err(_) => Err(CloseCode::SlowConsumer),
+    }
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    mut session: Session,
+    mut commands: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Chunk>,
+    channels: Vec<String>,
+    resume: Vec<(String, StreamPosition)>,
+) {
+    let handle = session.handle().clone();
+    let metrics = session.node().metrics.clone();
+    let mut positions: Vec<(String, StreamPosition)> = Vec::new();
+    let mut batch = VecDeque::new();
+    let mut heartbeat = tokio::time::interval_at(
+        Instant::now() + shared.config.sse.heartbeat_interval,
+        shared.config.sse.heartbeat_interval,
+    );
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The connected message goes out before the initial subscriptions are handled.
+    let mut ended: Option<CloseCode> = None;
+    if let Err(code) = http_session::subscribe_initial(&mut session, &channels, &resume).await {
+        handle.close(code);
+    }
+    'serve: loop {
+        // Write everything queued.
+        handle.take_into(&mut batch);
+        if !batch.is_empty() {
+            let mut out = Vec::new();
+            let mut delivered = 0u64;
+            let mut latency = LocalHistogram::default();
+            let now = Instant::now();
+            while let Some(item) = batch.pop_front() {
+                match item {
+                    OutItem::Message {
+                        bytes,
+                        published_at,
+                    } => {
+                        if let Some(at) = published_at {
+                            latency.observe(now.saturating_duration_since(at));
+                        }
+                        let changed = match message_position(&bytes) {
+                            Some((channel, pos)) => update_position(&mut positions, channel, pos),
+                            None => false,
+                        };
+                        let id = changed.then(|| format_positions(&positions));
+                        write_event(&mut out, id.as_deref(), None, &bytes);
+                        delivered += 1;
+                    }
+                    OutItem::Ping => out.extend_from_slice(b": ping\n\n"),
+                    OutItem::Pong(_) => {}
+                    OutItem::Close(code) => {
+                        write_event(&mut out, None, Some("close"), &close_notice(code));
+                        ended = Some(code);
+                        break;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                if let Err(code) = send(&tx, out, shared).await {
+                    ended.get_or_insert(code);
+                    break 'serve;
+                }
+                // The client is reading: it is alive, whatever it sends.
+                session.touch();
+                metrics
+                    .messages_delivered
+                    .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
+                Metrics::inc(&metrics.socket_writes);
+                metrics.publish_to_write.merge(&latency);
+            }
+            if ended.is_some() {
+                break 'serve;
+            }
+        }
+        tokio::select! {
+            () = handle.notified() => {}
+            command = commands.recv() => match command {
+                Some(text) => {
+                    if let Err(code) = Box::pin(session.handle_text(&text)).await {
+                        handle.close(code);
+                    }
+                }
+                None => break 'serve,
+            },
+            () = tx.closed() => break 'serve,
+            _ = heartbeat.tick() => {
+                if let Err(code) = send(&tx, b": heartbeat\n\n".to_vec(), shared).await {
+                    ended = Some(code);
+                    break 'serve;
+                }
+                session.touch();
+            }
+        }
+    }
+    if let Some(code) = ended {
+        tracing::debug!(socket_id = %handle.socket_id, %code, "sse stream ended");
+    }
+    Box::pin(session.close()).await;
+}
