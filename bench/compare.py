@@ -34,6 +34,23 @@ SERVERS = {
         "port": 6001,
         "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
     },
+    # Herald again, its clients on the HTTP fallbacks (for the fanout-transports scenario).
+    "herald-sse": {
+        "cmd": [HERALD, "serve", "--config", "bench/herald.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
+        "cwd": ROOT,
+        "port": 6001,
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native", "--transport", "sse"],
+    },
+    "herald-long-poll": {
+        "cmd": [HERALD, "serve", "--config", "bench/herald.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
+        "cwd": ROOT,
+        "port": 6001,
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native", "--transport", "long-poll"],
+    },
     # Herald with history on every channel: the cost of offsets and storage (not a baseline).
     "herald-history": {
         "cmd": [HERALD, "serve", "--config", "bench/herald-history.toml", "--listen", "127.0.0.1:6001",
@@ -80,6 +97,26 @@ SCENARIOS = {
     "fanout": {
         "args": ["fanout", "--subscribers", "10000", "--messages", "20", "--rate", "4", "--workers", "2", "--source-ips", "2"],
         "servers": ["herald", "floor", "node-ws", "soketi"],
+        "metrics": [
+            ("publish_to_last_delivery_ms.median", False, "ms"),
+            ("delivery_latency.p99_ms", False, "ms"),
+            ("publish_reply.p50_ms", False, "ms"),
+        ],
+    },
+    # The same fan-out with clients on WebSocket, SSE and long-polling.
+    "fanout-transports": {
+        "args": ["fanout", "--subscribers", "5000", "--messages", "20", "--rate", "4", "--workers", "2"],
+        "servers": ["herald", "herald-sse", "herald-long-poll"],
+        "metrics": [
+            ("publish_to_last_delivery_ms.median", False, "ms"),
+            ("delivery_latency.p50_ms", False, "ms"),
+            ("delivery_latency.p99_ms", False, "ms"),
+        ],
+    },
+    # The cost of history: the same fan-out with every channel keeping history.
+    "fanout-history": {
+        "args": ["fanout", "--subscribers", "10000", "--messages", "20", "--rate", "4", "--workers", "2", "--source-ips", "2"],
+        "servers": ["herald", "herald-history"],
         "metrics": [
             ("publish_to_last_delivery_ms.median", False, "ms"),
             ("delivery_latency.p99_ms", False, "ms"),
@@ -224,13 +261,13 @@ def main():
             summary["servers"].setdefault(name, {})[path] = {"median": med, "min": min(values), "max": max(values), "values": values}
         for name, med, lo, hi in rows:
             if med is None:
-                print(f"    {name:<8} no result")
+                print(f"    {name:<16} no result")
                 continue
             ratio = ""
             if herald_median and name != "herald" and med:
                 r = (herald_median / med) if higher else (med / herald_median)
                 ratio = f"   herald is {r:.2f}x {'better' if r >= 1 else 'worse'}"
-            print(f"    {name:<8} median {med:>12.3f}   min-max {lo:.3f} - {hi:.3f}{ratio}")
+            print(f"    {name:<16} median {med:>12.3f}   min-max {lo:.3f} - {hi:.3f}{ratio}")
     losses = {}
     for name in servers:
         for r in results[name]:

@@ -20,6 +20,7 @@ use crate::workers::{ChannelPlan, ChurnSpec, Event, Report, Worker, WorkerSpec, 
 pub fn target(c: &CommonArgs) -> Target {
     Target {
         protocol: c.protocol,
+        transport: c.transport,
         addr: c.addr,
         app_id: c.app_id.clone(),
         app_key: c.app_key.clone(),

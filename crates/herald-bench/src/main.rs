@@ -6,6 +6,7 @@
 mod common;
 mod floor;
 mod histogram;
+mod httpclient;
 mod publisher;
 mod scenario;
 mod target;
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::target::Protocol;
+use crate::target::{Protocol, Transport};
 
 /// Load and latency scenarios for realtime servers.
 #[derive(Debug, Parser)]
@@ -88,6 +89,9 @@ pub struct CommonArgs {
     /// Client protocol: native (Herald, floor, Node ws baseline) or pusher (Soketi, …).
     #[arg(long, value_enum, default_value_t = Protocol::Native)]
     pub protocol: Protocol,
+    /// Client transport: ws, or Herald's HTTP fallbacks sse and long-poll (native only).
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    pub transport: Transport,
     /// App id.
     #[arg(long, default_value = "herald-dev")]
     pub app_id: String,

@@ -21,11 +21,27 @@ pub enum Protocol {
     Pusher,
 }
 
+/// How clients connect (Herald's native protocol only, for the HTTP ones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// WebSocket.
+    #[default]
+    Ws,
+    /// Server-Sent Events (`GET /sse/{key}`).
+    Sse,
+    /// Long-polling (`/poll/{key}`).
+    LongPoll,
+}
+
 /// The server under test.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Target {
     /// Client protocol.
     pub protocol: Protocol,
+    /// Client transport.
+    #[serde(default)]
+    pub transport: Transport,
     /// `host:port` of the WebSocket and HTTP API listener.
     pub addr: std::net::SocketAddr,
     /// App id (API paths).
@@ -63,6 +79,15 @@ impl Target {
                 self.app_key
             ),
         }
+    }
+
+    /// Query parameters naming `channels` (HTTP transports).
+    pub fn channel_query(channels: &[String]) -> String {
+        channels
+            .iter()
+            .map(|c| format!("channel={c}"))
+            .collect::<Vec<_>>()
+            .join("&")
     }
 
     /// The subscribe message for `channel`.

@@ -14,8 +14,9 @@ use tokio::sync::Semaphore;
 use tokio::task::LocalSet;
 
 use crate::histogram::Histogram;
+use crate::httpclient::HttpClient;
 use crate::publisher::Publisher;
-use crate::target::{Frame, Target, payload, unix_micros};
+use crate::target::{Frame, Target, Transport, payload, unix_micros};
 use crate::workers::{ChurnSpec, Command, Event, Report, WorkerSpec};
 use crate::wsclient::WsClient;
 
@@ -227,8 +228,31 @@ fn open_connections(spec: &WorkerSpec, stats: &Rc<RefCell<Stats>>) {
     });
 }
 
-/// Connect, wait for the greeting, subscribe to every channel and wait for each ack.
+/// A connected, subscribed client on one of the transports.
+enum Client {
+    Ws(WsClient),
+    Http(HttpClient),
+}
+
+/// Connect over the target's transport and subscribe to every channel.
 async fn setup(
+    target: &Target,
+    source: Option<std::net::IpAddr>,
+    port_hint: u16,
+    channels: &[String],
+) -> std::io::Result<Client> {
+    match target.transport {
+        Transport::Ws => Ok(Client::Ws(
+            setup_ws(target, source, port_hint, channels).await?,
+        )),
+        Transport::Sse | Transport::LongPoll => Ok(Client::Http(
+            HttpClient::setup(target, source, port_hint, channels).await?,
+        )),
+    }
+}
+
+/// Connect, wait for the greeting, subscribe to every channel and wait for each ack.
+async fn setup_ws(
     target: &Target,
     source: Option<std::net::IpAddr>,
     port_hint: u16,
@@ -266,7 +290,38 @@ async fn expect(client: &mut WsClient, target: &Target, kind: Frame) -> std::io:
 }
 
 /// Record deliveries until the connection ends.
-async fn receive(mut client: WsClient, target: &Target, stats: &Rc<RefCell<Stats>>) {
+async fn receive(client: Client, target: &Target, stats: &Rc<RefCell<Stats>>) {
+    match client {
+        Client::Ws(ws) => receive_ws(ws, target, stats).await,
+        Client::Http(mut http) => {
+            let now = unix_micros();
+            let mut pong = false;
+            for text in http.take_pending() {
+                handle_text(target, &text, now, stats, &mut pong);
+            }
+            loop {
+                let mut now = 0;
+                let result = http
+                    .read_texts(|text| {
+                        if now == 0 {
+                            now = unix_micros();
+                        }
+                        handle_text(target, text, now, stats, &mut pong);
+                    })
+                    .await;
+                if let Err(e) = result {
+                    let mut s = stats.borrow_mut();
+                    s.errors += 1;
+                    s.note_error(e);
+                    break;
+                }
+            }
+            stats.borrow_mut().open -= 1;
+        }
+    }
+}
+
+async fn receive_ws(mut client: WsClient, target: &Target, stats: &Rc<RefCell<Stats>>) {
     let mut pong = false;
     let now = unix_micros();
     for text in client.take_pending() {
@@ -387,7 +442,7 @@ async fn one_cycle(
     publisher: &mut Option<Publisher>,
 ) -> std::io::Result<u64> {
     // Churn connects without binding: each closed connection (RST, linger 0) frees its port.
-    let mut client = setup(target, None, 0, &[channel.to_owned()]).await?;
+    let mut client = setup_ws(target, None, 0, &[channel.to_owned()]).await?;
     if publisher.is_none() {
         *publisher = Some(Publisher::connect(target).await?);
     }

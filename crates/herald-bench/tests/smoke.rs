@@ -97,6 +97,27 @@ async fn every_scenario_delivers_everything() {
     assert_no_loss(&r);
     assert_eq!(r["publish_to_last_delivery_ms"]["samples"], 4, "{r:#}");
 
+    // The same fan-out over Herald's HTTP fallbacks.
+    for transport in ["sse", "long-poll"] {
+        let r = bench(args(
+            "fanout",
+            server.addr,
+            &[
+                "--subscribers",
+                "100",
+                "--messages",
+                "5",
+                "--rate",
+                "20",
+                "--transport",
+                transport,
+            ],
+        ))
+        .await;
+        assert_eq!(r["connected"], 100, "{transport}: {r:#}");
+        assert_no_loss(&r);
+    }
+
     let r = bench(args(
         "throughput",
         server.addr,
