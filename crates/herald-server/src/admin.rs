@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `/health` | 200 `{"status":"ok"}` while the process runs |
 //! | `/ready` | 200 `{"status":"ready"}`, or 503 with the reason (draining, broker degraded) |
-//! | `/status` | JSON: uptime, connections, channels, subscriptions, messages, memory, apps |
+//! | `/status` | JSON: uptime, connections, channels, subscriptions, messages, memory, stored history, SSE/long-poll sessions, apps |
 //! | `/metrics` | Prometheus text format |
 
 use std::convert::Infallible;
@@ -89,6 +89,12 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                 .iter()
                 .map(|a| json!({"id": &*a.id, "connections": a.connections()}))
                 .collect();
+            let history = match node.history.stats(None).await {
+                Ok(h) => {
+                    json!({"streams": h.streams, "publications": h.publications, "bytes": h.bytes})
+                }
+                Err(e) => json!({"error": e.to_string()}),
+            };
             json(
                 StatusCode::OK,
                 &json!({
@@ -103,6 +109,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                     "memory_rss_bytes": rss_bytes(),
                     "draining": s.draining,
                     "broker": broker,
+                    "history": history,
+                    "http_sessions": shared.http_sessions.len(),
                     "apps": apps,
                 }),
             )
