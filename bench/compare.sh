@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 cargo build --release -p herald-server -p herald-bench
 for dir in bench/baselines/node-ws bench/baselines/soketi; do
   if [ ! -d "$dir/node_modules" ]; then
-    (cd "$dir" && npm ci --no-audit --no-fund)
+    # npm 11 may refuse `ci` on a lock made by another npm (optional platform packages).
+    (cd "$dir" && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund))
   fi
 done
 exec python3 bench/compare.py "$@"

@@ -86,6 +86,8 @@ pub async fn run(c: CommonArgs, a: PublishApiArgs) -> Result<Value, String> {
         "messages_expected": expected,
         "messages_received": report.received,
         "lost": expected.saturating_sub(report.received),
+        // A subscriber that cannot keep up is disconnected by design (4101): say so.
+        "subscribers_closed_by_server": report.closed_by_server,
         "delivery_latency": latency_json(&latency),
     });
     fleet.shutdown().await;
