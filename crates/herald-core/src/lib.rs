@@ -29,6 +29,8 @@ pub mod auth;
 pub mod broker;
 pub mod cache;
 pub mod clock;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod heartbeat;
 pub mod history;
 pub mod hub;
