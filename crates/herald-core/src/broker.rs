@@ -103,6 +103,10 @@ pub trait BrokerHandler: Send + Sync + 'static {
     fn handle_publication(&self, publication: Arc<Publication>);
     /// A control message.
     fn handle_control(&self, control: Control);
+    /// How many local subscribers `channel` has now. A backend whose subscribe and
+    /// unsubscribe calls can overlap reconciles against this, so the last call leaves the
+    /// node subscribed exactly when it has subscribers.
+    fn local_subscribers(&self, app_id: &str, channel: &ChannelName) -> usize;
 }
 
 /// Moves publications and control messages between nodes. See the module docs for the

@@ -38,6 +38,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod metrics;
 pub mod node;
+pub mod occupancy;
 pub mod outbound;
 pub mod pattern;
 pub mod presence;

@@ -27,6 +27,8 @@ use crate::hub::Hub;
 use crate::idempotency::{Claim, IdempotencyKeys};
 use crate::ids::IdGenerator;
 use crate::metrics::Metrics;
+use crate::occupancy::memory::MemoryOccupancy;
+use crate::occupancy::{Departure, Occupancy, OccupancyHandler};
 use crate::outbound::{QueueLimits, SessionHandle};
 use crate::presence::PresenceManager;
 use crate::presence::memory::MemoryPresence;
@@ -124,6 +126,8 @@ pub struct Backends {
     pub presence: Arc<dyn PresenceManager>,
     /// Reads and administers channel history.
     pub history: Arc<dyn HistoryStore>,
+    /// Which channels have subscribers anywhere in the cluster.
+    pub occupancy: Arc<dyn Occupancy>,
 }
 
 impl Backends {
@@ -135,6 +139,7 @@ impl Backends {
             broker: Arc::new(MemoryBroker::new(dispatchers, queue, history.clone())),
             presence: Arc::new(MemoryPresence::new()),
             history,
+            occupancy: Arc::new(MemoryOccupancy),
         }
     }
 }
@@ -144,7 +149,7 @@ impl Backends {
 pub struct ChannelInfo {
     /// The channel name.
     pub name: ChannelName,
-    /// Connections subscribed on this node.
+    /// Connections subscribed (across the cluster when the backend is shared).
     pub subscribers: usize,
     /// Distinct users present, for presence channels.
     pub presence_members: Option<usize>,
@@ -186,6 +191,8 @@ pub struct Node {
     pub presence: Arc<dyn PresenceManager>,
     /// Channel history, for recovery and the history API.
     pub history: Arc<dyn HistoryStore>,
+    /// Cluster-wide channel occupancy and counts.
+    pub occupancy: Arc<dyn Occupancy>,
     /// Recent idempotency keys of publishes.
     pub idempotency: IdempotencyKeys,
     /// The node's metrics, shared with the transports and the admin endpoint.
@@ -239,6 +246,10 @@ impl BrokerHandler for Delivery {
         }
     }
 
+    fn local_subscribers(&self, app_id: &str, channel: &ChannelName) -> usize {
+        local_subscribers(&self.0, app_id, channel)
+    }
+
     fn handle_control(&self, control: Control) {
         let Some(node) = self.0.upgrade() else { return };
         match control {
@@ -275,6 +286,61 @@ impl BrokerHandler for Delivery {
     }
 }
 
+fn local_subscribers(node: &Weak<Node>, app_id: &str, channel: &ChannelName) -> usize {
+    node.upgrade()
+        .and_then(|n| {
+            n.apps
+                .by_id(app_id)
+                .map(|a| a.hub.subscriber_count(channel.as_str()))
+        })
+        .unwrap_or(0)
+}
+
+/// Announces what a dead node left behind: presence `left` events and webhooks. Holds the
+/// node weakly, like [`Delivery`].
+struct Departures(Weak<Node>);
+
+impl OccupancyHandler for Departures {
+    fn local_subscribers(&self, app_id: &str, channel: &ChannelName) -> usize {
+        local_subscribers(&self.0, app_id, channel)
+    }
+
+    fn departed(&self, departures: Vec<Departure>) {
+        let Some(node) = self.0.upgrade() else { return };
+        tokio::spawn(async move {
+            for departure in departures {
+                match departure {
+                    Departure::Vacated { app_id, channel } => {
+                        if let Some(app) = node.apps.by_id(&app_id).cloned() {
+                            node.emit_webhook(&app, WebhookEvent::ChannelVacated { channel });
+                        }
+                    }
+                    Departure::Left {
+                        app_id,
+                        channel,
+                        user_id,
+                    } => {
+                        let Some(app) = node.apps.by_id(&app_id).cloned() else {
+                            continue;
+                        };
+                        node.emit_webhook(
+                            &app,
+                            WebhookEvent::MemberRemoved {
+                                channel: channel.clone(),
+                                user_id: user_id.clone(),
+                            },
+                        );
+                        let payload = Payload::Left { user_id };
+                        if let Err(e) = node.publish_payload(&app, &channel, payload, None).await {
+                            warn!(error = %e, "cannot announce a departed member");
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
 impl Node {
     /// Build the node, start the broker's delivery and the heartbeat. Must run inside a
     /// tokio runtime. Fails on invalid app settings (duplicate ids, bad keys).
@@ -290,6 +356,7 @@ impl Node {
             broker: backends.broker,
             presence: backends.presence,
             history: backends.history,
+            occupancy: backends.occupancy,
             idempotency: IdempotencyKeys::new(),
             metrics,
             sessions: crate::registry::SessionRegistry::new(),
@@ -305,6 +372,9 @@ impl Node {
         node.broker
             .start(Arc::new(Delivery(Arc::downgrade(&node))))
             .map_err(|e| format!("cannot start the {} broker: {e}", node.broker.name()))?;
+        node.occupancy
+            .start(Arc::new(Departures(Arc::downgrade(&node))))
+            .map_err(|e| format!("cannot start {} occupancy: {e}", node.occupancy.name()))?;
         let heartbeat = tokio::spawn(heartbeat::run(Arc::downgrade(&node)));
         node.tasks.lock().push(heartbeat);
         let weak = Arc::downgrade(&node);
@@ -720,10 +790,22 @@ impl Node {
         })
     }
 
-    /// Channels of `app` with subscribers, whose name starts with `prefix`.
-    pub async fn channels(&self, app: &App, prefix: &str) -> Vec<ChannelInfo> {
+    /// Channels of `app` with subscribers (in the whole cluster), whose name starts with
+    /// `prefix`.
+    pub async fn channels(&self, app: &App, prefix: &str) -> Result<Vec<ChannelInfo>, Refusal> {
+        let listed = match self.occupancy.channels(&app.id, prefix).await {
+            Ok(Some(cluster)) => cluster,
+            Ok(None) => app.hub.channels(prefix),
+            Err(e) => {
+                warn!(error = %e, "channel listing failed");
+                return Err(Refusal::new(
+                    ErrorCode::Internal,
+                    "cluster state is unavailable; retry later",
+                ));
+            }
+        };
         let mut out = Vec::new();
-        for (name, subscribers) in app.hub.channels(prefix) {
+        for (name, subscribers) in listed {
             let presence_members = if name.kind().is_presence() {
                 self.presence.count(&app.id, &name).await.ok()
             } else {
@@ -735,7 +817,7 @@ impl Node {
                 presence_members,
             });
         }
-        out
+        Ok(out)
     }
 
     /// One channel's subscriber count and presence member count.
@@ -752,9 +834,20 @@ impl Node {
         } else {
             None
         };
+        let subscribers = match self.occupancy.subscriber_count(&app.id, channel).await {
+            Ok(Some(n)) => n,
+            Ok(None) => app.hub.subscriber_count(channel.as_str()),
+            Err(e) => {
+                warn!(error = %e, "subscriber count failed");
+                return Err(Refusal::new(
+                    ErrorCode::Internal,
+                    "cluster state is unavailable; retry later",
+                ));
+            }
+        };
         Ok(ChannelInfo {
             name: channel.clone(),
-            subscribers: app.hub.subscriber_count(channel.as_str()),
+            subscribers,
             presence_members,
         })
     }
@@ -797,9 +890,12 @@ impl Node {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining".into());
         }
-        match self.broker.health() {
+        if let BrokerHealth::Degraded(why) = self.broker.health() {
+            return Err(format!("broker degraded: {why}"));
+        }
+        match self.occupancy.health() {
             BrokerHealth::Healthy => Ok(()),
-            BrokerHealth::Degraded(why) => Err(format!("broker degraded: {why}")),
+            BrokerHealth::Degraded(why) => Err(format!("cluster state degraded: {why}")),
         }
     }
 

@@ -368,11 +368,22 @@ impl Session {
                     "the broker is unavailable; retry later",
                 ));
             }
-            node.emit_webhook(
-                &app,
-                WebhookEvent::ChannelOccupied {
-                    channel: channel.clone(),
-                },
+            match node.occupancy.occupy(&app.id, &channel).await {
+                Ok(true) => node.emit_webhook(
+                    &app,
+                    WebhookEvent::ChannelOccupied {
+                        channel: channel.clone(),
+                    },
+                ),
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, channel = %channel, "occupancy update failed"),
+            }
+        }
+        {
+            node.occupancy.local_count(
+                &app.id,
+                &channel,
+                app.hub.subscriber_count(channel.as_str()),
             );
         }
         // History is read after joining the hub: see `recovery.rs` for why.
@@ -699,11 +710,21 @@ async fn release_subscription(node: &Node, app: &App, socket: SocketId, sub: Sub
         if let Err(e) = node.broker.unsubscribe(&app.id, &sub.channel).await {
             warn!(error = %e, channel = %sub.channel, "broker unsubscribe failed");
         }
-        node.emit_webhook(
-            app,
-            WebhookEvent::ChannelVacated {
-                channel: sub.channel.clone(),
-            },
+        match node.occupancy.vacate(&app.id, &sub.channel).await {
+            Ok(true) => node.emit_webhook(
+                app,
+                WebhookEvent::ChannelVacated {
+                    channel: sub.channel.clone(),
+                },
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, channel = %sub.channel, "occupancy update failed"),
+        }
+    } else if removed.removed {
+        node.occupancy.local_count(
+            &app.id,
+            &sub.channel,
+            app.hub.subscriber_count(sub.channel.as_str()),
         );
     }
     if let Some(user_id) = sub.presence_user {

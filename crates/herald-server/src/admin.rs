@@ -83,6 +83,12 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                     json!({"name": broker_name, "healthy": false, "reason": why})
                 }
             };
+            let cluster = match node.occupancy.health() {
+                BrokerHealth::Healthy => json!({"state": node.occupancy.name(), "healthy": true}),
+                BrokerHealth::Degraded(why) => {
+                    json!({"state": node.occupancy.name(), "healthy": false, "reason": why})
+                }
+            };
             let apps: Vec<_> = node
                 .apps
                 .all()
@@ -109,6 +115,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                     "memory_rss_bytes": rss_bytes(),
                     "draining": s.draining,
                     "broker": broker,
+                    "cluster": cluster,
                     "history": history,
                     "http_sessions": shared.http_sessions.len(),
                     "apps": apps,
@@ -136,6 +143,24 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                         "herald_ready",
                         "1 when the node accepts traffic, 0 when draining or degraded.",
                         if node.is_ready().is_ok() { 1.0 } else { 0.0 },
+                    ),
+                    (
+                        "herald_broker_healthy",
+                        "1 when the broker link is up (and resubscribed), 0 while degraded.",
+                        if node.broker.health() == BrokerHealth::Healthy {
+                            1.0
+                        } else {
+                            0.0
+                        },
+                    ),
+                    (
+                        "herald_cluster_state_healthy",
+                        "1 when the shared cluster state (presence, occupancy, heartbeats) is reachable.",
+                        if node.occupancy.health() == BrokerHealth::Healthy {
+                            1.0
+                        } else {
+                            0.0
+                        },
                     ),
                 ],
             );

@@ -86,7 +86,10 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> R
         }
         (&Method::GET, ["channels"]) => {
             let prefix = query_param(&req, "prefix").unwrap_or_default();
-            let channels = shared.node.channels(&app, &prefix).await;
+            let channels = match shared.node.channels(&app, &prefix).await {
+                Ok(list) => list,
+                Err(r) => return error(&r),
+            };
             let list: Vec<_> = channels
                 .iter()
                 .map(|c| channel_json(c.name.as_str(), c.subscribers, c.presence_members))

@@ -34,6 +34,10 @@ pub struct Config {
     pub log: LogConfig,
     /// How publications reach every node.
     pub broker: BrokerConfig,
+    /// The Redis server of the `redis` broker.
+    pub redis: RedisConfig,
+    /// This node's identity and liveness timing in a cluster.
+    pub cluster: ClusterConfig,
     /// Node-wide connection limits and timing.
     pub limits: NodeLimits,
     /// The Server-Sent Events transport.
@@ -240,6 +244,55 @@ impl Default for BrokerConfig {
 pub enum BrokerKind {
     /// In-process, single node.
     Memory,
+    /// Redis: pub/sub fan-out, history, presence and occupancy (`[redis]`).
+    Redis,
+}
+
+/// The Redis server (`broker.kind = "redis"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS. Never logged.
+    pub url: herald_core::Secret,
+    /// Prefix of every key and pub/sub channel, so several clusters can share one Redis.
+    pub prefix: String,
+    /// The longest a Redis command may take before it fails.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: herald_core::Secret::new("redis://127.0.0.1:6379"),
+            prefix: "herald".into(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// This node in a cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's id; empty: a random one at each start.
+    pub node_id: String,
+    /// How often the node proves it is alive and flushes its subscriber counts.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is dead: its presence members and channels are removed.
+    #[serde(deserialize_with = "duration")]
+    pub node_ttl: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            heartbeat_interval: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(10),
+        }
+    }
 }
 
 fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
@@ -350,6 +403,43 @@ impl Config {
         }
         if self.broker.queue == 0 {
             problems.push(("broker.queue".into(), "must be at least 1".into()));
+        }
+        if self.broker.kind == BrokerKind::Redis {
+            if let Err(e) = herald_cluster::redis::check_url(self.redis.url.expose()) {
+                problems.push(("redis.url".into(), e));
+            }
+            if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
+                problems.push((
+                    "redis.prefix".into(),
+                    "must be non-empty, without spaces".into(),
+                ));
+            }
+            if self.redis.timeout.is_zero() {
+                problems.push(("redis.timeout".into(), "must be more than 0".into()));
+            }
+        }
+        if !self
+            .cluster
+            .node_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            problems.push((
+                "cluster.node_id".into(),
+                "may contain only letters, digits, - _ and .".into(),
+            ));
+        }
+        if self.cluster.heartbeat_interval.is_zero() {
+            problems.push((
+                "cluster.heartbeat_interval".into(),
+                "must be more than 0".into(),
+            ));
+        }
+        if self.cluster.node_ttl < self.cluster.heartbeat_interval * 3 {
+            problems.push((
+                "cluster.node_ttl".into(),
+                "must be at least 3 × cluster.heartbeat_interval".into(),
+            ));
         }
         let mut ports = vec![("server.listen", self.server.listen)];
         if self.admin.enabled {

@@ -426,7 +426,10 @@ async fn channels(
             "info=user_count needs filter_by_prefix to start with presence-",
         );
     }
-    let list = shared.node.channels(app, prefix).await;
+    let list = match shared.node.channels(app, prefix).await {
+        Ok(list) => list,
+        Err(r) => return error(&r),
+    };
     let mut out = Map::new();
     for c in list {
         let mut attrs = Map::new();

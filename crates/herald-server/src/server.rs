@@ -126,6 +126,11 @@ impl Server {
     /// tokio runtime.
     pub fn new(config: Config) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
+        let node_id: Arc<str> = if config.cluster.node_id.is_empty() {
+            Arc::from(format!("{:016x}", rand::random::<u64>()))
+        } else {
+            Arc::from(config.cluster.node_id.as_str())
+        };
         let backends = match config.broker.kind {
             BrokerKind::Memory => {
                 let dispatchers = match config.broker.dispatchers {
@@ -133,6 +138,16 @@ impl Server {
                     n => n,
                 };
                 Backends::memory(dispatchers, config.broker.queue)
+            }
+            BrokerKind::Redis => {
+                let settings = herald_cluster::redis::RedisSettings {
+                    url: config.redis.url.expose().to_owned(),
+                    prefix: config.redis.prefix.clone(),
+                    heartbeat: config.cluster.heartbeat_interval,
+                    node_ttl: config.cluster.node_ttl,
+                    timeout: config.redis.timeout,
+                };
+                herald_cluster::redis::RedisCluster::new(settings, node_id.clone())?.backends()
             }
         };
         let node = Node::start(

@@ -7,6 +7,7 @@ mod admin;
 mod api;
 mod auth;
 mod cli;
+mod cluster;
 mod http_transports;
 mod limits;
 mod messaging;

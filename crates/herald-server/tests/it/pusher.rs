@@ -153,7 +153,7 @@ impl Pusher {
 }
 
 /// A signed Pusher HTTP API request: `(status, body)`.
-async fn pusher_api(
+pub(crate) async fn pusher_api(
     server: &TestServer,
     method: &str,
     path: &str,
@@ -809,7 +809,7 @@ async fn one_hub_two_protocols() {
 
 /// A local webhook receiver: every request's `(headers, body)`; answers 500 to the first
 /// `fail_first` requests.
-async fn webhook_receiver(
+pub(crate) async fn webhook_receiver(
     fail_first: usize,
 ) -> (SocketAddr, mpsc::Receiver<(http::HeaderMap, Bytes)>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -858,7 +858,7 @@ async fn webhook_receiver(
 }
 
 /// Webhook events received until `want` events have arrived (or the wait ends).
-async fn collect_events(
+pub(crate) async fn collect_events(
     rx: &mut mpsc::Receiver<(http::HeaderMap, Bytes)>,
     want: usize,
 ) -> Vec<Value> {

@@ -1,0 +1,1 @@
+//! Laravel Redis ingest (placeholder until the next increment).

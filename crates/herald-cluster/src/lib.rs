@@ -1,0 +1,19 @@
+//! Herald's cluster backends: the core's [`Broker`](herald_core::Broker),
+//! [`HistoryStore`](herald_core::history::HistoryStore),
+//! [`PresenceManager`](herald_core::PresenceManager) and
+//! [`Occupancy`](herald_core::occupancy::Occupancy) traits implemented on real distributed
+//! engines, so several Herald nodes behind a load balancer act as one server; and the
+//! Laravel Redis ingest.
+//!
+//! - [`redis`]: everything on one Redis: pub/sub fan-out, history with atomic Lua
+//!   append-and-publish, presence and occupancy with per-node heartbeats.
+//!
+//! Nothing here talks to clients: this crate depends on the core, never the other way.
+//! Every backend passes the core's conformance suites (`tests/conformance.rs`).
+
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod envelope;
+pub mod ingest;
+pub mod redis;
