@@ -38,6 +38,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// This node's identity and liveness timing in a cluster.
     pub cluster: ClusterConfig,
+    /// Laravel broadcasts read from Redis (`[[laravel_ingest]]`).
+    pub laravel_ingest: Vec<LaravelIngestConfig>,
     /// Node-wide connection limits and timing.
     pub limits: NodeLimits,
     /// The Server-Sent Events transport.
@@ -271,6 +273,28 @@ impl Default for RedisConfig {
     }
 }
 
+/// One Laravel Redis ingest: Laravel's `redis` broadcaster publishes, Herald delivers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaravelIngestConfig {
+    /// The app the broadcasts are published to.
+    pub app: String,
+    /// The Redis Laravel publishes to; default: `redis.url`. Never logged.
+    #[serde(default)]
+    pub url: Option<herald_core::Secret>,
+    /// Laravel's Redis key prefix (`database.redis.options.prefix`), removed from the
+    /// Redis channel name to get the Herald channel name.
+    #[serde(default)]
+    pub prefix: String,
+    /// Redis glob patterns of the channels to read, after the prefix.
+    #[serde(default = "all_channels")]
+    pub channels: Vec<String>,
+}
+
+fn all_channels() -> Vec<String> {
+    vec!["*".into()]
+}
+
 /// This node in a cluster.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -416,6 +440,24 @@ impl Config {
             }
             if self.redis.timeout.is_zero() {
                 problems.push(("redis.timeout".into(), "must be more than 0".into()));
+            }
+        }
+        for (i, ingest) in self.laravel_ingest.iter().enumerate() {
+            if !self.apps.is_empty() && !self.apps.iter().any(|a| a.id == ingest.app) {
+                problems.push((
+                    format!("laravel_ingest[{i}].app"),
+                    format!("no app has the id {:?}", ingest.app),
+                ));
+            }
+            let url = ingest.url.as_ref().unwrap_or(&self.redis.url);
+            if let Err(e) = herald_cluster::redis::check_url(url.expose()) {
+                problems.push((format!("laravel_ingest[{i}].url"), e));
+            }
+            if ingest.channels.is_empty() {
+                problems.push((
+                    format!("laravel_ingest[{i}].channels"),
+                    "name at least one pattern (\"*\" for all)".into(),
+                ));
             }
         }
         if !self

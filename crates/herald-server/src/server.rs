@@ -119,6 +119,8 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 pub struct Server {
     shared: Arc<Shared>,
     tls: Option<Arc<TlsState>>,
+    /// This node's id in a cluster (also the Laravel ingest lease holder's name).
+    node_id: Arc<str>,
 }
 
 impl Server {
@@ -173,6 +175,7 @@ impl Server {
                 http_sessions: crate::transport::http_session::HttpSessions::new(),
             }),
             tls,
+            node_id,
         })
     }
 
@@ -221,12 +224,35 @@ impl Server {
         let admin = listeners
             .admin
             .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone(), admin_stop.clone())));
+        let mut ingests = Vec::new();
+        for ingest in &shared.config.laravel_ingest {
+            let settings = herald_cluster::ingest::IngestSettings {
+                url: ingest
+                    .url
+                    .as_ref()
+                    .unwrap_or(&shared.config.redis.url)
+                    .expose()
+                    .to_owned(),
+                app_id: ingest.app.clone(),
+                prefix: ingest.prefix.clone(),
+                channels: ingest.channels.clone(),
+                key_prefix: shared.config.redis.prefix.clone(),
+                node_id: self.node_id.clone(),
+            };
+            match herald_cluster::ingest::Ingest::spawn(shared.node.clone(), settings) {
+                Ok(i) => ingests.push(i),
+                Err(e) => warn!(error = %e, app = %ingest.app, "Laravel ingest not started"),
+            }
+        }
 
         shutdown.await;
 
         let grace = shared.config.server.shutdown_grace_period;
         info!(grace = ?grace, "shutting down: no longer accepting, asking clients to reconnect");
         shared.shutdown.cancel();
+        for ingest in ingests {
+            ingest.stop().await;
+        }
         for l in loops {
             let _ = l.await;
         }

@@ -294,3 +294,103 @@ async fn presence_webhooks_and_direct_sends_are_cluster_wide() {
     assert_eq!(counts, expected, "each webhook fires once: {events:?}");
     let _ = APP_ID;
 }
+
+/// PUBLISH over a raw RESP connection, exactly as Laravel's Redis broadcaster does. Returns
+/// how many subscribers Redis delivered it to.
+pub async fn redis_publish(channel: &str, payload: &str) -> i64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect("127.0.0.1:6379")
+        .await
+        .expect("Redis");
+    let cmd = format!(
+        "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+        channel.len(),
+        payload.len()
+    );
+    conn.write_all(cmd.as_bytes()).await.unwrap();
+    let mut reply = [0u8; 64];
+    let n = conn.read(&mut reply).await.unwrap();
+    let text = std::str::from_utf8(&reply[..n]).unwrap();
+    text.trim_start_matches(':')
+        .trim()
+        .parse()
+        .expect("integer reply")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn laravel_redis_broadcasts_reach_native_and_pusher_clients_once() {
+    let laravel_prefix = format!("{}_", unique_prefix().replace('-', "_"));
+    let p = laravel_prefix.clone();
+    let Some(nodes) = cluster_of_three(move |c| {
+        c.laravel_ingest = vec![herald_server::config::LaravelIngestConfig {
+            app: APP_ID.into(),
+            url: None,
+            prefix: p.clone(),
+            channels: vec!["*".into()],
+        }];
+    })
+    .await
+    else {
+        return;
+    };
+    let mut native = nodes[0].connect().await;
+    native.subscribe_ok("orders").await;
+    let mut pusher = crate::pusher::Pusher::connect(&nodes[1]).await;
+    pusher.subscribe_ok("orders", None).await;
+    let mut sender = nodes[2].connect().await;
+    sender.subscribe_ok("orders").await;
+
+    // Exactly one node holds the ingest lease and subscribes.
+    let channel = format!("{laravel_prefix}orders");
+    let payload = |n: u32| {
+        json!({
+            "event": "App\\Events\\OrderShipped",
+            "data": {"order": {"id": n}, "socket": null},
+            "socket": null,
+        })
+        .to_string()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut first_n = 0;
+    loop {
+        let receivers = redis_publish(&channel, &payload(first_n)).await;
+        assert!(
+            receivers <= 1,
+            "only the lease holder ingests ({receivers})"
+        );
+        if receivers == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no node took the lease"
+        );
+        first_n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = next_event(&mut native).await;
+    assert_eq!(got, json!({"order": {"id": first_n}, "socket": null}));
+    let ev = pusher.recv_event().await;
+    assert_eq!(ev["event"], "App\\Events\\OrderShipped");
+    assert_eq!(ev["channel"], "orders");
+    let data: Value = serde_json::from_str(ev["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["order"]["id"], first_n);
+    assert_eq!(next_event(&mut sender).await["order"]["id"], first_n);
+
+    // `socket` excludes the sender's own connection, on whichever node it is.
+    let excluded = json!({
+        "event": "App\\Events\\OrderShipped",
+        "data": {"order": {"id": 999}},
+        "socket": sender.socket_id,
+    })
+    .to_string();
+    assert_eq!(redis_publish(&channel, &excluded).await, 1);
+    assert_eq!(next_event(&mut native).await["order"]["id"], 999);
+    let ev = pusher.recv_event().await;
+    let data: Value = serde_json::from_str(ev["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["order"]["id"], 999);
+    sender.expect_silence(Duration::from_millis(300)).await;
+    // And nothing was delivered twice.
+    native.expect_silence(Duration::from_millis(300)).await;
+    pusher.expect_silence(Duration::from_millis(100)).await;
+}

@@ -24,14 +24,14 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::harness::{APP_ID, APP_KEY, SECRET, TestServer, WAIT, http};
 
 /// A raw Pusher protocol client.
-struct Pusher {
+pub(crate) struct Pusher {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    socket_id: String,
+    pub(crate) socket_id: String,
 }
 
 impl Pusher {
     /// Connect to `/app/{key}?protocol=7` and read `pusher:connection_established`.
-    async fn connect(server: &TestServer) -> Self {
+    pub(crate) async fn connect(server: &TestServer) -> Self {
         let mut p = Self::open(
             server,
             &format!("/app/{APP_KEY}?protocol=7&client=js&version=8.4.0"),
@@ -84,7 +84,7 @@ impl Pusher {
     }
 
     /// The next message that is not a `pusher_internal:subscription_count`.
-    async fn recv_event(&mut self) -> Value {
+    pub(crate) async fn recv_event(&mut self) -> Value {
         loop {
             let v = self.recv().await;
             if v["event"] != "pusher_internal:subscription_count" {
@@ -93,7 +93,7 @@ impl Pusher {
         }
     }
 
-    async fn expect_silence(&mut self, d: Duration) {
+    pub(crate) async fn expect_silence(&mut self, d: Duration) {
         if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(d, self.ws.next()).await {
             panic!("expected silence, got {t}");
         }
@@ -141,7 +141,11 @@ impl Pusher {
         self.recv_event().await
     }
 
-    async fn subscribe_ok(&mut self, channel: &str, channel_data: Option<&str>) -> Value {
+    pub(crate) async fn subscribe_ok(
+        &mut self,
+        channel: &str,
+        channel_data: Option<&str>,
+    ) -> Value {
         let reply = self.subscribe(channel, channel_data).await;
         assert_eq!(
             reply["event"], "pusher_internal:subscription_succeeded",
