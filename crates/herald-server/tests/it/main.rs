@@ -8,6 +8,7 @@ mod api;
 mod auth;
 mod cli;
 mod cluster;
+mod cluster_faults;
 mod http_transports;
 mod limits;
 mod messaging;
