@@ -5,6 +5,7 @@
 //! engines, so several Herald nodes behind a load balancer act as one server; and the
 //! Laravel Redis ingest.
 //!
+//! - [`nats`]: core NATS fan-out, with history, presence and occupancy on Redis.
 //! - [`redis`]: everything on one Redis: pub/sub fan-out, history with atomic Lua
 //!   append-and-publish, presence and occupancy with per-node heartbeats.
 //!
@@ -16,4 +17,5 @@
 pub mod backoff;
 pub mod envelope;
 pub mod ingest;
+pub mod nats;
 pub mod redis;

@@ -36,7 +36,8 @@ use redis::{FromRedisValue, ScriptInvocation};
 use tracing::{info, warn};
 
 pub use broker::RedisBroker;
-pub use history::RedisHistory;
+pub(crate) use history::split_position as split_frame;
+pub use history::{RedisHistory, StreamLog};
 pub use occupancy::RedisOccupancy;
 pub use presence::RedisPresence;
 
@@ -262,6 +263,20 @@ impl RedisCluster {
             )),
             presence,
         }
+    }
+
+    /// Presence, history and occupancy on this Redis, with another broker's fan-out (the
+    /// broker should append history through [`RedisCluster::stream_log`]).
+    pub fn backends_with(&self, broker: Arc<dyn herald_core::Broker>) -> Backends {
+        Backends {
+            broker,
+            ..self.backends()
+        }
+    }
+
+    /// The history streams, for a broker that carries publications itself.
+    pub fn stream_log(&self) -> StreamLog {
+        StreamLog::new(self.link.clone())
     }
 
     /// The broker alone (for pairing another broker's fan-out with Redis state, or tests).

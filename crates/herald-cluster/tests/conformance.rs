@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_cluster::nats::{NatsBroker, NatsSettings};
 use herald_cluster::redis::{RedisCluster, RedisSettings};
 use herald_core::broker::Broker;
 use herald_core::conformance::{broker_suite, presence_suite};
@@ -55,6 +56,36 @@ async fn redis_presence_conforms() {
             "Redis connects"
         );
         c.backends().presence as Arc<dyn PresenceManager>
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_broker_with_redis_history_conforms() {
+    if !common::redis_available().await
+        || !common::service_available("NATS", "127.0.0.1:4222").await
+    {
+        return;
+    }
+    broker_suite(|| async {
+        let prefix = common::unique("herald-test");
+        let c = cluster(&prefix);
+        assert!(
+            c.wait_connected(Duration::from_secs(5)).await,
+            "Redis connects"
+        );
+        let nats = NatsBroker::new(
+            NatsSettings {
+                url: "nats://127.0.0.1:4222".into(),
+                prefix,
+                timeout: Duration::from_secs(2),
+            },
+            c.stream_log(),
+        );
+        (
+            Arc::new(nats) as Arc<dyn Broker>,
+            Arc::new(c.history()) as Arc<dyn HistoryStore>,
+        )
     })
     .await;
 }

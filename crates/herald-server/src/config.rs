@@ -34,8 +34,11 @@ pub struct Config {
     pub log: LogConfig,
     /// How publications reach every node.
     pub broker: BrokerConfig,
-    /// The Redis server of the `redis` broker.
+    /// The Redis server: the `redis` broker, and the shared state of the other cluster
+    /// brokers.
     pub redis: RedisConfig,
+    /// The NATS server of the `nats` broker.
+    pub nats: NatsConfig,
     /// This node's identity and liveness timing in a cluster.
     pub cluster: ClusterConfig,
     /// Laravel broadcasts read from Redis (`[[laravel_ingest]]`).
@@ -248,6 +251,31 @@ pub enum BrokerKind {
     Memory,
     /// Redis: pub/sub fan-out, history, presence and occupancy (`[redis]`).
     Redis,
+    /// Core NATS fan-out (`[nats]`), with history, presence and occupancy on Redis.
+    Nats,
+}
+
+/// The NATS server (`broker.kind = "nats"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// `nats://[user:password@]host:port`; several separated by commas. Never logged.
+    pub url: herald_core::Secret,
+    /// First token of every subject, so several clusters can share one NATS.
+    pub prefix: String,
+    /// The longest a connect, subscribe or flush may take.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: herald_core::Secret::new("nats://127.0.0.1:4222"),
+            prefix: "herald".into(),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// The Redis server (`broker.kind = "redis"`).
@@ -428,7 +456,23 @@ impl Config {
         if self.broker.queue == 0 {
             problems.push(("broker.queue".into(), "must be at least 1".into()));
         }
-        if self.broker.kind == BrokerKind::Redis {
+        if self.broker.kind == BrokerKind::Nats {
+            let prefix = &self.nats.prefix;
+            if prefix.is_empty()
+                || prefix
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b"*>.".contains(&b))
+            {
+                problems.push((
+                    "nats.prefix".into(),
+                    "must be one subject token: non-empty, without spaces, '.', '*' or '>'".into(),
+                ));
+            }
+            if self.nats.timeout.is_zero() {
+                problems.push(("nats.timeout".into(), "must be more than 0".into()));
+            }
+        }
+        if matches!(self.broker.kind, BrokerKind::Redis | BrokerKind::Nats) {
             if let Err(e) = herald_cluster::redis::check_url(self.redis.url.expose()) {
                 problems.push(("redis.url".into(), e));
             }

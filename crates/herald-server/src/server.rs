@@ -114,6 +114,17 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
+/// The Redis backends' settings from the `[redis]` and `[cluster]` sections.
+fn redis_settings(config: &Config) -> herald_cluster::redis::RedisSettings {
+    herald_cluster::redis::RedisSettings {
+        url: config.redis.url.expose().to_owned(),
+        prefix: config.redis.prefix.clone(),
+        heartbeat: config.cluster.heartbeat_interval,
+        node_ttl: config.cluster.node_ttl,
+        timeout: config.redis.timeout,
+    }
+}
+
 /// A built server, ready to run.
 #[derive(Debug)]
 pub struct Server {
@@ -142,14 +153,23 @@ impl Server {
                 Backends::memory(dispatchers, config.broker.queue)
             }
             BrokerKind::Redis => {
-                let settings = herald_cluster::redis::RedisSettings {
-                    url: config.redis.url.expose().to_owned(),
-                    prefix: config.redis.prefix.clone(),
-                    heartbeat: config.cluster.heartbeat_interval,
-                    node_ttl: config.cluster.node_ttl,
-                    timeout: config.redis.timeout,
-                };
+                let settings = redis_settings(&config);
                 herald_cluster::redis::RedisCluster::new(settings, node_id.clone())?.backends()
+            }
+            BrokerKind::Nats => {
+                let redis = herald_cluster::redis::RedisCluster::new(
+                    redis_settings(&config),
+                    node_id.clone(),
+                )?;
+                let nats = herald_cluster::nats::NatsBroker::new(
+                    herald_cluster::nats::NatsSettings {
+                        url: config.nats.url.expose().to_owned(),
+                        prefix: config.nats.prefix.clone(),
+                        timeout: config.nats.timeout,
+                    },
+                    redis.stream_log(),
+                );
+                redis.backends_with(Arc::new(nats))
             }
         };
         let node = Node::start(

@@ -24,15 +24,14 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use herald_core::broker::{Broker, BrokerError, BrokerHandler, BrokerHealth, Control, Published};
 use herald_core::history::HistoryPolicy;
-use herald_core::publication::{Payload, Position, Publication};
+use herald_core::publication::{Position, Publication};
 use herald_protocol::ChannelName;
 use parking_lot::Mutex;
 use redis::aio::PubSubSink;
-use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::scripts::{PUBLISH_WITH_HISTORY, READ_HISTORY};
-use super::{Link, StreamRead, new_epoch};
+use super::Link;
+use super::history::{StreamLog, split_position};
 use crate::backoff::Backoff;
 use crate::envelope;
 
@@ -101,21 +100,6 @@ impl RedisBroker {
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
-}
-
-/// The dedupe hash of a payload: equal events hash equal, other payloads never match.
-fn payload_hash(payload: &Payload) -> String {
-    match payload {
-        Payload::Event { event, data, .. } => {
-            let mut h = Sha256::new();
-            h.update(event.as_bytes());
-            h.update([0]);
-            h.update(&*data.native_json());
-            let d = h.finalize();
-            d[..12].iter().map(|b| format!("{b:02x}")).collect()
-        }
-        _ => new_epoch(),
-    }
 }
 
 impl Inner {
@@ -238,6 +222,7 @@ impl Inner {
             .map(|(name, s)| (name.clone(), s.clone()))
             .collect();
         let mut caught = 0usize;
+        let log = StreamLog::new(self.link.clone());
         for (
             name,
             Seen {
@@ -248,27 +233,16 @@ impl Inner {
             },
         ) in todo
         {
-            let keys = &self.link.keys;
-            let mut invocation = READ_HISTORY.prepare_invoke();
-            invocation
-                .key(keys.history_meta(&app_id, channel.as_str()))
-                .key(keys.history_entries(&app_id, channel.as_str()))
-                .arg(0)
-                .arg("")
-                .arg(0)
-                .arg(format!("({offset}"))
-                .arg("+inf")
-                .arg(MAX_CATCH_UP);
-            let read: Result<StreamRead, String> = self.link.script(&invocation).await;
-            match read {
-                Ok((stream_epoch, _, _, entries)) if *stream_epoch == *epoch => {
-                    for entry in entries {
-                        if let Some((offset, body)) = split_entry(&entry) {
-                            let mut frame = format!("P{offset},{stream_epoch},").into_bytes();
-                            frame.extend_from_slice(body);
-                            self.deliver(&name, &frame);
-                            caught += 1;
-                        }
+            match log
+                .after(&app_id, channel.as_str(), offset, MAX_CATCH_UP)
+                .await
+            {
+                Ok((stream_epoch, entries)) if *stream_epoch == *epoch => {
+                    for (offset, body) in entries {
+                        let mut frame = format!("P{offset},{stream_epoch},").into_bytes();
+                        frame.extend_from_slice(&body);
+                        self.deliver(&name, &frame);
+                        caught += 1;
                     }
                 }
                 Ok(_) => debug!(channel = %channel, "history stream lost; nothing to catch up"),
@@ -282,28 +256,6 @@ impl Inner {
             );
         }
     }
-}
-
-/// Split `offset,epoch,body` (both empty when the publication has no position).
-fn split_position(rest: &[u8]) -> Option<(Option<u64>, &str, &[u8])> {
-    let c1 = rest.iter().position(|&b| b == b',')?;
-    let c2 = c1 + 1 + rest[c1 + 1..].iter().position(|&b| b == b',')?;
-    let offset = std::str::from_utf8(&rest[..c1]).ok()?;
-    let epoch = std::str::from_utf8(&rest[c1 + 1..c2]).ok()?;
-    let offset = if offset.is_empty() {
-        None
-    } else {
-        Some(offset.parse().ok()?)
-    };
-    Some((offset, epoch, &rest[c2 + 1..]))
-}
-
-/// Split a stored history entry `offset,timestamp,body`.
-pub(crate) fn split_entry(entry: &[u8]) -> Option<(u64, &[u8])> {
-    let c1 = entry.iter().position(|&b| b == b',')?;
-    let c2 = c1 + 1 + entry[c1 + 1..].iter().position(|&b| b == b',')?;
-    let offset = std::str::from_utf8(&entry[..c1]).ok()?.parse().ok()?;
-    Some((offset, &entry[c2 + 1..]))
 }
 
 /// Keep a pub/sub connection: connect, resubscribe, catch up, deliver; on loss, back off
@@ -428,25 +380,15 @@ impl Broker for RedisBroker {
                 .map_err(unavailable)?;
             return Ok(Published::Sent(Arc::new(publication)));
         };
-        let (app, ch) = (&*publication.app_id, publication.channel.as_str());
-        let mut invocation = PUBLISH_WITH_HISTORY.prepare_invoke();
-        invocation
-            .key(keys.history_meta(app, ch))
-            .key(keys.history_entries(app, ch))
-            .arg(body)
-            .arg(policy.size)
-            .arg(policy.ttl.as_millis().max(1) as u64)
-            .arg(policy.dedupe_window.map_or(0, |w| w.as_millis() as u64))
-            .arg(payload_hash(&publication.payload))
-            .arg(new_epoch())
-            .arg(&channel);
-        let (sent, offset, epoch): (i64, u64, String) =
-            link.script(&invocation).await.map_err(unavailable)?;
+        let (sent, offset, epoch) = StreamLog::new(link.clone())
+            .append(&publication, &body, policy, Some(&channel))
+            .await
+            .map_err(unavailable)?;
         let position = Position {
             offset,
             epoch: Arc::from(epoch),
         };
-        if sent == 0 {
+        if !sent {
             return Ok(Published::Unchanged(position));
         }
         publication.position = Some(position);
@@ -484,6 +426,7 @@ impl Broker for RedisBroker {
 
 #[cfg(test)]
 mod tests {
+    use super::super::history::split_entry;
     use super::*;
 
     #[test]

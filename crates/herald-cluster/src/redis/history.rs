@@ -19,10 +19,122 @@ use herald_core::history::{
 use herald_core::publication::Position;
 use herald_protocol::ChannelName;
 
-use super::broker::split_entry;
-use super::scripts::READ_HISTORY;
+use herald_core::publication::{Payload, Publication};
+use sha2::{Digest, Sha256};
+
+use super::scripts::{PUBLISH_WITH_HISTORY, READ_HISTORY};
 use super::{Link, StreamRead, new_epoch};
 use crate::envelope;
+
+/// The history streams as a broker uses them: append (assigning the offset), and read what
+/// followed a position (to catch up after a reconnect). Shared by the Redis broker and by
+/// brokers that pair their own fan-out with Redis history.
+#[derive(Debug, Clone)]
+pub struct StreamLog {
+    link: Arc<Link>,
+}
+
+/// What an append did: `(sent, offset, epoch)`; not sent means a duplicate within the dedupe
+/// window, and the position is the previous publication's.
+pub type Appended = (bool, u64, String);
+
+impl StreamLog {
+    pub(crate) fn new(link: Arc<Link>) -> Self {
+        Self { link }
+    }
+
+    /// Append `body` (the encoded `publication`) under `policy`; with `publish_to`, the same
+    /// script also PUBLISHes it there, so offset order is delivery order.
+    pub async fn append(
+        &self,
+        publication: &Publication,
+        body: &[u8],
+        policy: &HistoryPolicy,
+        publish_to: Option<&str>,
+    ) -> Result<Appended, String> {
+        let keys = &self.link.keys;
+        let (app, ch) = (&*publication.app_id, publication.channel.as_str());
+        let mut invocation = PUBLISH_WITH_HISTORY.prepare_invoke();
+        invocation
+            .key(keys.history_meta(app, ch))
+            .key(keys.history_entries(app, ch))
+            .arg(body)
+            .arg(policy.size)
+            .arg(policy.ttl.as_millis().max(1) as u64)
+            .arg(policy.dedupe_window.map_or(0, |w| w.as_millis() as u64))
+            .arg(payload_hash(&publication.payload))
+            .arg(new_epoch())
+            .arg(publish_to.unwrap_or(""));
+        let (sent, offset, epoch): (i64, u64, String) = self.link.script(&invocation).await?;
+        Ok((sent == 1, offset, epoch))
+    }
+
+    /// The stream's epoch and the entries after `offset` (at most `max`), each as
+    /// `(offset, body)`. An empty epoch means the stream does not exist.
+    pub async fn after(
+        &self,
+        app_id: &str,
+        channel: &str,
+        offset: u64,
+        max: usize,
+    ) -> Result<(String, Vec<(u64, Vec<u8>)>), String> {
+        let keys = &self.link.keys;
+        let mut invocation = READ_HISTORY.prepare_invoke();
+        invocation
+            .key(keys.history_meta(app_id, channel))
+            .key(keys.history_entries(app_id, channel))
+            .arg(0)
+            .arg("")
+            .arg(0)
+            .arg(format!("({offset}"))
+            .arg("+inf")
+            .arg(max);
+        let (epoch, _, _, entries): StreamRead = self.link.script(&invocation).await?;
+        let entries = entries
+            .iter()
+            .filter_map(|e| split_entry(e).map(|(o, body)| (o, body.to_vec())))
+            .collect();
+        Ok((epoch, entries))
+    }
+}
+
+/// The dedupe hash of a payload: equal events hash equal, other payloads never match.
+fn payload_hash(payload: &Payload) -> String {
+    match payload {
+        Payload::Event { event, data, .. } => {
+            let mut h = Sha256::new();
+            h.update(event.as_bytes());
+            h.update([0]);
+            h.update(&*data.native_json());
+            let d = h.finalize();
+            d[..12].iter().map(|b| format!("{b:02x}")).collect()
+        }
+        _ => new_epoch(),
+    }
+}
+
+/// Split a stored history entry `offset,timestamp,body`.
+pub(crate) fn split_entry(entry: &[u8]) -> Option<(u64, &[u8])> {
+    let c1 = entry.iter().position(|&b| b == b',')?;
+    let c2 = c1 + 1 + entry[c1 + 1..].iter().position(|&b| b == b',')?;
+    let offset = std::str::from_utf8(&entry[..c1]).ok()?.parse().ok()?;
+    Some((offset, &entry[c2 + 1..]))
+}
+
+/// Split a publication frame after its `P`: `offset,epoch,body` (offset and epoch empty when
+/// the publication has no position).
+pub(crate) fn split_position(rest: &[u8]) -> Option<(Option<u64>, &str, &[u8])> {
+    let c1 = rest.iter().position(|&b| b == b',')?;
+    let c2 = c1 + 1 + rest[c1 + 1..].iter().position(|&b| b == b',')?;
+    let offset = std::str::from_utf8(&rest[..c1]).ok()?;
+    let epoch = std::str::from_utf8(&rest[c1 + 1..c2]).ok()?;
+    let offset = if offset.is_empty() {
+        None
+    } else {
+        Some(offset.parse().ok()?)
+    };
+    Some((offset, epoch, &rest[c2 + 1..]))
+}
 
 /// Channel history in Redis.
 #[derive(Debug)]

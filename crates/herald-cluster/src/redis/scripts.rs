@@ -9,7 +9,7 @@ use redis::Script;
 ///
 /// KEYS: meta hash, entries sorted set.
 /// ARGV: body, size, ttl ms, dedupe window ms (0: none), payload hash, epoch for a new
-/// stream, pub/sub channel.
+/// stream, pub/sub channel (empty: append only, another broker carries the publication).
 /// Returns `{sent (0|1), offset, epoch}`; when not sent (a duplicate within the window), the
 /// offset is the previous publication's.
 pub(crate) static PUBLISH_WITH_HISTORY: LazyLock<Script> = LazyLock::new(|| {
@@ -53,7 +53,9 @@ if size > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PUBLISH', ARGV[7], 'P' .. top .. ',' .. epoch .. ',' .. ARGV[1])
+if ARGV[7] ~= '' then
+  redis.call('PUBLISH', ARGV[7], 'P' .. top .. ',' .. epoch .. ',' .. ARGV[1])
+end
 return {1, top, epoch}
 "#,
     )

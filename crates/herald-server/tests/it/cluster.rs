@@ -72,8 +72,25 @@ pub async fn wait_ready(server: &TestServer) {
     }
 }
 
+/// Point `config` at NATS (fan-out) and the test Redis (state) under `prefix`.
+pub fn on_nats(config: &mut Config, prefix: &str) {
+    on_redis(config, prefix);
+    config.broker.kind = BrokerKind::Nats;
+    config.nats.prefix = prefix.to_owned();
+}
+
 async fn cluster_of_three(tweak: impl Fn(&mut Config) + Clone) -> Option<Vec<TestServer>> {
+    cluster_on(BrokerKind::Redis, tweak).await
+}
+
+async fn cluster_on(
+    kind: BrokerKind,
+    tweak: impl Fn(&mut Config) + Clone,
+) -> Option<Vec<TestServer>> {
     if !service_available("Redis", "127.0.0.1:6379").await {
+        return None;
+    }
+    if kind == BrokerKind::Nats && !service_available("NATS", "127.0.0.1:4222").await {
         return None;
     }
     let prefix = unique_prefix();
@@ -82,7 +99,10 @@ async fn cluster_of_three(tweak: impl Fn(&mut Config) + Clone) -> Option<Vec<Tes
         let tweak = tweak.clone();
         let prefix = prefix.clone();
         let node = TestServer::with(move |c| {
-            on_redis(c, &prefix);
+            match kind {
+                BrokerKind::Nats => on_nats(c, &prefix),
+                _ => on_redis(c, &prefix),
+            }
             tweak(c);
         })
         .await;
@@ -111,8 +131,17 @@ async fn next_event(client: &mut Client) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publish_on_one_node_reaches_every_node_in_order() {
-    let Some(nodes) = cluster_of_three(|_| {}).await else {
+async fn redis_a_publish_on_one_node_reaches_every_node_in_order() {
+    publish_reaches_every_node_in_order(BrokerKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_publish_on_one_node_reaches_every_node_in_order() {
+    publish_reaches_every_node_in_order(BrokerKind::Nats).await;
+}
+
+async fn publish_reaches_every_node_in_order(kind: BrokerKind) {
+    let Some(nodes) = cluster_on(kind, |_| {}).await else {
         return;
     };
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -156,9 +185,18 @@ async fn a_publish_on_one_node_reaches_every_node_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_webhooks_and_direct_sends_are_cluster_wide() {
+async fn redis_presence_webhooks_and_direct_sends_are_cluster_wide() {
+    cluster_wide_presence_webhooks_and_sends(BrokerKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_presence_webhooks_and_direct_sends_are_cluster_wide() {
+    cluster_wide_presence_webhooks_and_sends(BrokerKind::Nats).await;
+}
+
+async fn cluster_wide_presence_webhooks_and_sends(kind: BrokerKind) {
     let (hook_addr, mut hooks) = webhook_receiver(0).await;
-    let Some(nodes) = cluster_of_three(move |c| {
+    let Some(nodes) = cluster_on(kind, move |c| {
         c.apps[0].webhook_delay = Duration::ZERO;
         c.apps[0].webhooks = vec![WebhookSettings {
             url: format!("http://{hook_addr}/hook"),
