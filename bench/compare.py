@@ -60,6 +60,56 @@ SERVERS = {
         "port": 6001,
         "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
     },
+    # Cluster nodes: subscribers on the first node (6001), publishes through the second
+    # (6002), so every delivery crosses the broker between two processes.
+    "herald-redis-2nodes": {
+        "cmd": [HERALD, "serve", "--config", "bench/herald-redis.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "extra": [[HERALD, "serve", "--config", "bench/herald-redis.toml", "--listen", "127.0.0.1:6002",
+                   "--admin-listen", "127.0.0.1:9602", "--log-level", "warn"]],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
+        "cwd": ROOT,
+        "port": 6001,
+        "ready": [9601, 9602],
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
+        "publish_args": ["--publish-addr", "127.0.0.1:6002"],
+    },
+    "herald-nats-2nodes": {
+        "cmd": [HERALD, "serve", "--config", "bench/herald-nats.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "extra": [[HERALD, "serve", "--config", "bench/herald-nats.toml", "--listen", "127.0.0.1:6002",
+                   "--admin-listen", "127.0.0.1:9602", "--log-level", "warn"]],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
+        "cwd": ROOT,
+        "port": 6001,
+        "ready": [9601, 9602],
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
+        "publish_args": ["--publish-addr", "127.0.0.1:6002"],
+    },
+    "herald-rabbitmq-2nodes": {
+        "cmd": [HERALD, "serve", "--config", "bench/herald-rabbitmq.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "extra": [[HERALD, "serve", "--config", "bench/herald-rabbitmq.toml", "--listen", "127.0.0.1:6002",
+                   "--admin-listen", "127.0.0.1:9602", "--log-level", "warn"]],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
+        "cwd": ROOT,
+        "port": 6001,
+        "ready": [9601, 9602],
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
+        "publish_args": ["--publish-addr", "127.0.0.1:6002"],
+    },
+    "herald-postgres-2nodes": {
+        "cmd": [HERALD, "serve", "--config", "bench/herald-postgres.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "extra": [[HERALD, "serve", "--config", "bench/herald-postgres.toml", "--listen", "127.0.0.1:6002",
+                   "--admin-listen", "127.0.0.1:9602", "--log-level", "warn"]],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
+        "cwd": ROOT,
+        "port": 6001,
+        "ready": [9601, 9602],
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
+        "publish_args": ["--publish-addr", "127.0.0.1:6002"],
+    },
     "floor": {
         "cmd": [BENCH, "floor", "--listen", "127.0.0.1:6401"],
         "env": {},
@@ -123,6 +173,27 @@ SCENARIOS = {
             ("publish_reply.p50_ms", False, "ms"),
         ],
     },
+    # Fan-out across nodes: subscribers on one node, publishes through another, each broker,
+    # against the single node in the same run.
+    "fanout-cluster": {
+        "args": ["fanout", "--subscribers", "10000", "--messages", "20", "--rate", "4", "--workers", "2", "--source-ips", "2"],
+        "servers": ["herald", "herald-redis-2nodes", "herald-nats-2nodes", "herald-rabbitmq-2nodes", "herald-postgres-2nodes"],
+        "metrics": [
+            ("publish_to_last_delivery_ms.median", False, "ms"),
+            ("delivery_latency.p50_ms", False, "ms"),
+            ("delivery_latency.p99_ms", False, "ms"),
+            ("publish_reply.p50_ms", False, "ms"),
+        ],
+    },
+    # Publish throughput through each broker (one node; 2 subscribers read everything).
+    "publish-api-cluster": {
+        "args": ["publish-api", "--concurrency", "64", "--secs", "10", "--subscribers", "2", "--workers", "2"],
+        "servers": ["herald", "herald-redis-2nodes", "herald-nats-2nodes", "herald-rabbitmq-2nodes", "herald-postgres-2nodes"],
+        "metrics": [
+            ("publishes_per_sec", True, "pub/s"),
+            ("publish_reply.p99_ms", False, "ms"),
+        ],
+    },
     "throughput": {
         "args": ["throughput", "--connections", "1000", "--channels", "10", "--per-connection", "10",
                  "--start-rate", "50", "--step-factor", "1.3", "--step-secs", "5", "--max-steps", "18", "--workers", "2"],
@@ -164,13 +235,36 @@ def wait_port(port, timeout=20.0):
     return False
 
 
+def wait_ready(port, timeout=20.0):
+    """Wait for a Herald admin port's /ready to answer 200 (cluster nodes need their broker)."""
+    import urllib.request
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+EXTRA = {}
+
+
 def start(name):
     s = SERVERS[name]
     env = dict(os.environ)
     env.update(s["env"])
+    env.update({"HERALD_REDIS__PREFIX": f"bench-{os.getpid()}-{time.time_ns()}"})
     proc = subprocess.Popen(s["cmd"], cwd=s["cwd"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    if not wait_port(s["port"]):
+    extras = [subprocess.Popen(cmd, cwd=s["cwd"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+              for cmd in s.get("extra", [])]
+    EXTRA[proc.pid] = extras
+    if not wait_port(s["port"]) or not all(wait_ready(p) for p in s.get("ready", [])):
         stop(proc)
         raise RuntimeError(f"{name} did not start listening on {s['port']}")
     time.sleep(0.5)
@@ -187,6 +281,12 @@ def server_pid(proc):
 
 
 def stop(proc):
+    for extra in EXTRA.pop(proc.pid, []):
+        try:
+            os.killpg(extra.pid, signal.SIGTERM)
+            extra.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=15)
@@ -210,7 +310,8 @@ def get(result, path):
 def run_one(scenario, name, label):
     proc = start(name)
     try:
-        args = [BENCH] + SCENARIOS[scenario]["args"] + SERVERS[name]["args"] + [
+        publish = SERVERS[name].get("publish_args", []) if SCENARIOS[scenario]["args"][0] == "fanout" else []
+        args = [BENCH] + SCENARIOS[scenario]["args"] + SERVERS[name]["args"] + publish + [
             "--server-pid", str(server_pid(proc)), "--label", name, "--json"]
         out = subprocess.run(args, capture_output=True, text=True, timeout=1800)
         if out.returncode != 0:

@@ -6,6 +6,8 @@
 //! Laravel Redis ingest.
 //!
 //! - [`nats`]: core NATS fan-out, with history, presence and occupancy on Redis.
+//! - [`amqp`]: RabbitMQ topic-exchange fan-out, with the same Redis state.
+//! - [`postgres`]: PostgreSQL `LISTEN`/`NOTIFY` fan-out (low volume), with the same Redis state.
 //! - [`redis`]: everything on one Redis: pub/sub fan-out, history with atomic Lua
 //!   append-and-publish, presence and occupancy with per-node heartbeats.
 //!
@@ -14,8 +16,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod backoff;
 pub mod envelope;
 pub mod ingest;
 pub mod nats;
+pub mod postgres;
 pub mod redis;
+mod relay;

@@ -24,7 +24,7 @@
 //!   [`BrokerError::Unavailable`] while the NATS connection is down (async-nats would
 //!   otherwise buffer them silently); `health` is degraded until it is back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -40,11 +40,9 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::envelope;
 use crate::redis::StreamLog;
+use crate::{envelope, relay};
 
-/// How many publications a channel may catch up after a reconnect.
-const MAX_CATCH_UP: usize = 1000;
 /// Shards of the per-channel locks.
 const LOCK_SHARDS: usize = 64;
 
@@ -100,7 +98,10 @@ fn token(name: &str) -> String {
     name.replace('.', "%2E")
 }
 
-fn shard<'a>(locks: &'a [tokio::sync::Mutex<()>], key: &str) -> &'a tokio::sync::Mutex<()> {
+pub(crate) fn shard<'a>(
+    locks: &'a [tokio::sync::Mutex<()>],
+    key: &str,
+) -> &'a tokio::sync::Mutex<()> {
     let h = key
         .bytes()
         .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
@@ -200,53 +201,6 @@ impl Inner {
     }
 }
 
-/// What one channel's task has delivered, to catch up and to skip repeats.
-#[derive(Default)]
-struct Delivered {
-    /// The stream and highest offset delivered.
-    top: Option<(Arc<str>, u64)>,
-    /// Offsets delivered by the last catch-up: the same publications may still arrive live.
-    caught: HashSet<u64>,
-}
-
-impl Delivered {
-    /// Whether to deliver a publication at `offset` of `epoch`; records it.
-    fn admit(&mut self, offset: u64, epoch: &str) -> Option<Arc<str>> {
-        if self.caught.remove(&offset) {
-            return None;
-        }
-        let epoch = match &self.top {
-            Some((e, _)) if &**e == epoch => e.clone(),
-            _ => Arc::from(epoch),
-        };
-        let top = self.top.as_ref().map_or(0, |(_, o)| *o);
-        self.top = Some((epoch.clone(), top.max(offset)));
-        Some(epoch)
-    }
-}
-
-fn deliver(handler: &Arc<dyn BrokerHandler>, delivered: &mut Delivered, payload: &[u8]) {
-    let Some((b'P', rest)) = payload.split_first() else {
-        debug!("ignored a foreign NATS message");
-        return;
-    };
-    let Some((offset, epoch, body)) = crate::redis::split_frame(rest) else {
-        warn!("dropped a malformed publication from NATS");
-        return;
-    };
-    let position = match offset {
-        Some(offset) => match delivered.admit(offset, epoch) {
-            Some(epoch) => Some(Position { offset, epoch }),
-            None => return,
-        },
-        None => None,
-    };
-    match envelope::decode_publication(body, position) {
-        Ok(p) => handler.handle_publication(Arc::new(p)),
-        Err(e) => warn!(error = %e, "dropped an undecodable publication from NATS"),
-    }
-}
-
 async fn channel_task(
     inner: Weak<Inner>,
     app_id: Arc<str>,
@@ -254,14 +208,14 @@ async fn channel_task(
     mut subscriber: async_nats::Subscriber,
     mut reconnects: watch::Receiver<u64>,
 ) {
-    let mut delivered = Delivered::default();
+    let mut delivered = relay::Delivered::default();
     loop {
         tokio::select! {
             msg = subscriber.next() => {
                 let Some(msg) = msg else { return };
                 let Some(inner) = inner.upgrade() else { return };
                 let Some(handler) = inner.handler.get() else { return };
-                deliver(handler, &mut delivered, &msg.payload);
+                relay::deliver(handler, &mut delivered, &msg.payload);
             }
             changed = reconnects.changed() => {
                 if changed.is_err() {
@@ -269,23 +223,7 @@ async fn channel_task(
                 }
                 let Some(inner) = inner.upgrade() else { return };
                 let Some(handler) = inner.handler.get().cloned() else { return };
-                let Some((epoch, top)) = delivered.top.clone() else { continue };
-                match inner.log.after(&app_id, channel.as_str(), top, MAX_CATCH_UP).await {
-                    Ok((stream_epoch, entries)) if *stream_epoch == *epoch => {
-                        let n = entries.len();
-                        for (offset, body) in entries {
-                            let mut frame = format!("P{offset},{stream_epoch},").into_bytes();
-                            frame.extend_from_slice(&body);
-                            deliver(&handler, &mut delivered, &frame);
-                            delivered.caught.insert(offset);
-                        }
-                        if n > 0 {
-                            info!(channel = %channel, publications = n, "caught up after a NATS reconnect");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, channel = %channel, "catch-up read failed"),
-                }
+                relay::catch_up(&inner.log, &handler, &app_id, &channel, &mut delivered).await;
             }
         }
     }
@@ -297,13 +235,7 @@ async fn control_task(inner: Weak<Inner>, mut subscriber: async_nats::Subscriber
         let Some(handler) = inner.handler.get() else {
             return;
         };
-        match msg.payload.split_first() {
-            Some((b'C', body)) => match envelope::decode_control(body) {
-                Ok(c) => handler.handle_control(c),
-                Err(e) => warn!(error = %e, "dropped an undecodable control message from NATS"),
-            },
-            _ => debug!("ignored a foreign NATS control message"),
-        }
+        relay::deliver_control(handler, &msg.payload);
     }
 }
 
@@ -393,11 +325,8 @@ impl Broker for NatsBroker {
         let subject = inner.subject(&publication.app_id, publication.channel.as_str());
         let body = envelope::encode_publication(&publication);
         let Some(policy) = history else {
-            let mut frame = Vec::with_capacity(body.len() + 3);
-            frame.extend_from_slice(b"P,,");
-            frame.extend_from_slice(&body);
             client
-                .publish(subject, Bytes::from(frame))
+                .publish(subject, Bytes::from(relay::publication_frame(None, &body)))
                 .await
                 .map_err(unavailable)?;
             return Ok(Published::Sent(Arc::new(publication)));
@@ -415,8 +344,7 @@ impl Broker for NatsBroker {
         if !sent {
             return Ok(Published::Unchanged(position));
         }
-        let mut frame = format!("P{offset},{epoch},").into_bytes();
-        frame.extend_from_slice(&body);
+        let frame = relay::publication_frame(Some((offset, &epoch)), &body);
         client
             .publish(subject, Bytes::from(frame))
             .await
@@ -427,10 +355,11 @@ impl Broker for NatsBroker {
 
     async fn control(&self, control: Control) -> Result<(), BrokerError> {
         let client = self.inner.connected()?;
-        let mut frame = vec![b'C'];
-        frame.extend_from_slice(&envelope::encode_control(&control));
         client
-            .publish(self.inner.control_subject(), Bytes::from(frame))
+            .publish(
+                self.inner.control_subject(),
+                Bytes::from(relay::control_frame(&control)),
+            )
             .await
             .map_err(unavailable)
     }
@@ -462,18 +391,5 @@ mod tests {
     fn names_are_single_subject_tokens() {
         assert_eq!(token("private-orders.1"), "private-orders%2E1");
         assert_eq!(token("a..b"), "a%2E%2Eb");
-    }
-
-    #[test]
-    fn catch_up_repeats_are_skipped_once() {
-        let mut d = Delivered::default();
-        assert!(d.admit(1, "e").is_some());
-        d.caught.insert(2);
-        assert!(
-            d.admit(2, "e").is_none(),
-            "delivered by the catch-up already"
-        );
-        assert!(d.admit(3, "e").is_some());
-        assert_eq!(d.top.as_ref().map(|(_, o)| *o), Some(3));
     }
 }

@@ -39,6 +39,10 @@ pub struct Config {
     pub redis: RedisConfig,
     /// The NATS server of the `nats` broker.
     pub nats: NatsConfig,
+    /// The RabbitMQ server of the `rabbitmq` broker.
+    pub rabbitmq: RabbitMqConfig,
+    /// The PostgreSQL server of the `postgres` broker.
+    pub postgres: PostgresConfig,
     /// This node's identity and liveness timing in a cluster.
     pub cluster: ClusterConfig,
     /// Laravel broadcasts read from Redis (`[[laravel_ingest]]`).
@@ -253,6 +257,56 @@ pub enum BrokerKind {
     Redis,
     /// Core NATS fan-out (`[nats]`), with history, presence and occupancy on Redis.
     Nats,
+    /// RabbitMQ topic-exchange fan-out (`[rabbitmq]`), with the rest on Redis.
+    Rabbitmq,
+    /// PostgreSQL LISTEN/NOTIFY fan-out (`[postgres]`), with the rest on Redis.
+    Postgres,
+}
+
+/// The RabbitMQ server (`broker.kind = "rabbitmq"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitMqConfig {
+    /// `amqp://user:password@host:5672/%2f`, or `amqps://` for TLS. Never logged.
+    pub url: herald_core::Secret,
+    /// The topic exchange every node publishes to (declared durable if missing).
+    pub exchange: String,
+    /// The longest a connect, bind or publisher confirm may take.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for RabbitMqConfig {
+    fn default() -> Self {
+        Self {
+            url: herald_core::Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            exchange: "herald".into(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The PostgreSQL server (`broker.kind = "postgres"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:5432/db`. Never logged.
+    pub url: herald_core::Secret,
+    /// Prefix of notification channels and of the payload table (`{prefix}_payloads`).
+    pub prefix: String,
+    /// The longest a connect or statement may take.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: herald_core::Secret::new("postgres://postgres@127.0.0.1:5432/postgres"),
+            prefix: "herald".into(),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// The NATS server (`broker.kind = "nats"`).
@@ -472,7 +526,26 @@ impl Config {
                 problems.push(("nats.timeout".into(), "must be more than 0".into()));
             }
         }
-        if matches!(self.broker.kind, BrokerKind::Redis | BrokerKind::Nats) {
+        if self.broker.kind == BrokerKind::Rabbitmq {
+            if self.rabbitmq.exchange.is_empty() || self.rabbitmq.exchange.len() > 127 {
+                problems.push(("rabbitmq.exchange".into(), "must be 1 to 127 bytes".into()));
+            }
+            if self.rabbitmq.timeout.is_zero() {
+                problems.push(("rabbitmq.timeout".into(), "must be more than 0".into()));
+            }
+        }
+        if self.broker.kind == BrokerKind::Postgres {
+            if !herald_cluster::postgres::valid_prefix(&self.postgres.prefix) {
+                problems.push((
+                    "postgres.prefix".into(),
+                    "lowercase letters, digits and _, starting with a letter, at most 40".into(),
+                ));
+            }
+            if self.postgres.timeout.is_zero() {
+                problems.push(("postgres.timeout".into(), "must be more than 0".into()));
+            }
+        }
+        if self.broker.kind != BrokerKind::Memory {
             if let Err(e) = herald_cluster::redis::check_url(self.redis.url.expose()) {
                 problems.push(("redis.url".into(), e));
             }

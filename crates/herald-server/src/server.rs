@@ -171,6 +171,36 @@ impl Server {
                 );
                 redis.backends_with(Arc::new(nats))
             }
+            BrokerKind::Rabbitmq => {
+                let redis = herald_cluster::redis::RedisCluster::new(
+                    redis_settings(&config),
+                    node_id.clone(),
+                )?;
+                let amqp = herald_cluster::amqp::AmqpBroker::new(
+                    herald_cluster::amqp::AmqpSettings {
+                        url: config.rabbitmq.url.expose().to_owned(),
+                        exchange: config.rabbitmq.exchange.clone(),
+                        timeout: config.rabbitmq.timeout,
+                    },
+                    redis.stream_log(),
+                );
+                redis.backends_with(Arc::new(amqp))
+            }
+            BrokerKind::Postgres => {
+                let redis = herald_cluster::redis::RedisCluster::new(
+                    redis_settings(&config),
+                    node_id.clone(),
+                )?;
+                let pg = herald_cluster::postgres::PostgresBroker::new(
+                    herald_cluster::postgres::PostgresSettings {
+                        url: config.postgres.url.expose().to_owned(),
+                        prefix: config.postgres.prefix.clone(),
+                        timeout: config.postgres.timeout,
+                    },
+                    redis.stream_log(),
+                );
+                redis.backends_with(Arc::new(pg))
+            }
         };
         let node = Node::start(
             config.limits.clone(),

@@ -31,6 +31,10 @@ pub struct FanoutArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
+    /// Publish through this address instead of `--addr` (another node of a cluster: the
+    /// cross-node fan-out).
+    #[arg(long)]
+    pub publish_addr: Option<std::net::SocketAddr>,
 }
 
 /// Run it.
@@ -43,7 +47,11 @@ pub async fn run(c: CommonArgs, a: FanoutArgs) -> Result<Value, String> {
     let channel = plan.name(0);
     let mut fleet = start_fleet(&c, a.subscribers, plan, a.messages, None).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut publisher = Publisher::connect(&target(&c))
+    let publish_to = CommonArgs {
+        addr: a.publish_addr.unwrap_or(c.addr),
+        ..c.clone()
+    };
+    let mut publisher = Publisher::connect(&target(&publish_to))
         .await
         .map_err(|e| format!("publisher: {e}"))?;
     let mut reply = Histogram::default();
