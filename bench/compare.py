@@ -185,7 +185,8 @@ SCENARIOS = {
             ("publish_reply.p50_ms", False, "ms"),
         ],
     },
-    # Publish throughput through each broker (one node; 2 subscribers read everything).
+    # Publish throughput through each broker (publishes through the second node, 2 subscribers
+    # on the first read everything).
     "publish-api-cluster": {
         "args": ["publish-api", "--concurrency", "64", "--secs", "10", "--subscribers", "2", "--workers", "2"],
         "servers": ["herald", "herald-redis-2nodes", "herald-nats-2nodes", "herald-rabbitmq-2nodes", "herald-postgres-2nodes"],
@@ -310,7 +311,7 @@ def get(result, path):
 def run_one(scenario, name, label):
     proc = start(name)
     try:
-        publish = SERVERS[name].get("publish_args", []) if SCENARIOS[scenario]["args"][0] == "fanout" else []
+        publish = SERVERS[name].get("publish_args", []) if SCENARIOS[scenario]["args"][0] in ("fanout", "publish-api") else []
         args = [BENCH] + SCENARIOS[scenario]["args"] + SERVERS[name]["args"] + publish + [
             "--server-pid", str(server_pid(proc)), "--label", name, "--json"]
         out = subprocess.run(args, capture_output=True, text=True, timeout=1800)

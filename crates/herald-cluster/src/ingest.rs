@@ -37,6 +37,8 @@ pub const LEASE: Duration = Duration::from_secs(5);
 pub struct IngestSettings {
     /// The Redis Laravel publishes to.
     pub url: String,
+    /// PEM certificates trusted for a `rediss://` URL instead of the built-in web roots.
+    pub ca_pem: Option<Vec<u8>>,
     /// The app the broadcasts are published to.
     pub app_id: String,
     /// Laravel's Redis prefix (`database.redis.options.prefix`, e.g. `laravel_database_`);
@@ -60,8 +62,7 @@ pub struct Ingest {
 impl Ingest {
     /// Check the settings and start. Must be called inside a tokio runtime.
     pub fn spawn(node: Arc<Node>, settings: IngestSettings) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("invalid Redis URL ({:?})", e.kind()))?;
+        let client = crate::redis::open_client(&settings.url, settings.ca_pem.as_deref())?;
         if node.apps.by_id(&settings.app_id).is_none() {
             return Err(format!("no app has the id {:?}", settings.app_id));
         }

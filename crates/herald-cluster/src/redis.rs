@@ -48,6 +48,9 @@ use crate::backoff::Backoff;
 pub struct RedisSettings {
     /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     pub url: String,
+    /// PEM certificates trusted for a `rediss://` server instead of the built-in web roots
+    /// (a private CA, or the server's own self-signed certificate).
+    pub ca_pem: Option<Vec<u8>>,
     /// Prefix of every key and pub/sub channel, so several clusters can share one Redis.
     pub prefix: String,
     /// How often a node proves it is alive (and flushes its subscriber counts).
@@ -62,6 +65,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            ca_pem: None,
             prefix: "herald".into(),
             heartbeat: Duration::from_secs(1),
             node_ttl: Duration::from_secs(10),
@@ -214,12 +218,39 @@ impl Link {
     }
 }
 
-/// Check a Redis URL without connecting (for config validation). The error never repeats
-/// the URL, which may hold a password.
-pub fn check_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
-        .map(|_| ())
-        .map_err(|e| format!("not a valid Redis URL ({:?})", e.kind()))
+/// Check a Redis URL (and the CA certificates it is to be verified with) without
+/// connecting, for config validation. The error never repeats the URL, which may hold a
+/// password.
+pub fn check_url(url: &str, ca_pem: Option<&[u8]>) -> Result<(), String> {
+    open_client(url, ca_pem).map(|_| ())
+}
+
+/// A client for `url`; a `rediss://` server is verified against `ca_pem` when given, the
+/// built-in web roots otherwise. Errors never repeat the URL.
+pub fn open_client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, String> {
+    match ca_pem {
+        None => {
+            redis::Client::open(url).map_err(|e| format!("not a valid Redis URL ({:?})", e.kind()))
+        }
+        Some(pem) => {
+            if !url.starts_with("rediss://") {
+                return Err("a CA file needs a rediss:// (TLS) URL".into());
+            }
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            )
+            .map_err(|e| match e.kind() {
+                redis::ErrorKind::InvalidClientConfig => {
+                    format!("not a valid Redis URL or CA certificate ({:?})", e.kind())
+                }
+                kind => format!("unusable CA certificate ({kind:?})"),
+            })
+        }
+    }
 }
 
 /// One node's Redis backends, sharing one command connection.
@@ -233,8 +264,7 @@ impl RedisCluster {
     /// Check the URL and start connecting in the background (a node starts, and reports
     /// degraded, even when Redis is down). Must be called inside a tokio runtime.
     pub fn new(settings: RedisSettings, node_id: Arc<str>) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("invalid Redis URL ({:?})", e.kind()))?;
+        let client = open_client(&settings.url, settings.ca_pem.as_deref())?;
         let link = Arc::new(Link {
             client,
             conn: Mutex::new(None),

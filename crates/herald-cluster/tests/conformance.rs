@@ -219,3 +219,23 @@ async fn postgres_carries_payloads_larger_than_a_notify_through_its_table() {
     };
     assert_eq!((len(&got[0]), len(&got[1])), (5, 20_000), "in order, whole");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_redis_pubsub_link_stays_up_past_its_keepalive_pings() {
+    if !common::redis_available().await {
+        return;
+    }
+    let c = cluster(&common::unique("herald-test"));
+    assert!(c.wait_connected(Duration::from_secs(5)).await);
+    let broker = c.broker();
+    broker.start(Arc::new(Collect::default())).unwrap();
+    // Two keepalive pings (every 5 s) must be answered without dropping the link, which
+    // would lose publications on channels without history.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(broker.health(), herald_core::broker::BrokerHealth::Healthy);
+    assert_eq!(
+        broker.link_losses(),
+        0,
+        "the keepalive must not drop a live link"
+    );
+}

@@ -338,6 +338,10 @@ impl Default for NatsConfig {
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS. Never logged.
     pub url: herald_core::Secret,
+    /// PEM file of the certificates a `rediss://` server is verified against, instead of
+    /// the built-in web roots: a private CA, or the server's self-signed certificate.
+    /// Also used by `[[laravel_ingest]]`.
+    pub ca_file: Option<PathBuf>,
     /// Prefix of every key and pub/sub channel, so several clusters can share one Redis.
     pub prefix: String,
     /// The longest a Redis command may take before it fails.
@@ -349,9 +353,20 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: herald_core::Secret::new("redis://127.0.0.1:6379"),
+            ca_file: None,
             prefix: "herald".into(),
             timeout: Duration::from_secs(2),
         }
+    }
+}
+
+impl RedisConfig {
+    /// The contents of `ca_file`, if one is set.
+    pub fn ca_pem(&self) -> Result<Option<Vec<u8>>, String> {
+        self.ca_file
+            .as_ref()
+            .map(|path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display())))
+            .transpose()
     }
 }
 
@@ -545,8 +560,17 @@ impl Config {
                 problems.push(("postgres.timeout".into(), "must be more than 0".into()));
             }
         }
+        let redis_ca = match self.redis.ca_pem() {
+            Ok(pem) => pem,
+            Err(e) => {
+                problems.push(("redis.ca_file".into(), e));
+                None
+            }
+        };
         if self.broker.kind != BrokerKind::Memory {
-            if let Err(e) = herald_cluster::redis::check_url(self.redis.url.expose()) {
+            if let Err(e) =
+                herald_cluster::redis::check_url(self.redis.url.expose(), redis_ca.as_deref())
+            {
                 problems.push(("redis.url".into(), e));
             }
             if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
@@ -567,7 +591,7 @@ impl Config {
                 ));
             }
             let url = ingest.url.as_ref().unwrap_or(&self.redis.url);
-            if let Err(e) = herald_cluster::redis::check_url(url.expose()) {
+            if let Err(e) = herald_cluster::redis::check_url(url.expose(), redis_ca.as_deref()) {
                 problems.push((format!("laravel_ingest[{i}].url"), e));
             }
             if ingest.channels.is_empty() {

@@ -115,14 +115,15 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 }
 
 /// The Redis backends' settings from the `[redis]` and `[cluster]` sections.
-fn redis_settings(config: &Config) -> herald_cluster::redis::RedisSettings {
-    herald_cluster::redis::RedisSettings {
+fn redis_settings(config: &Config) -> Result<herald_cluster::redis::RedisSettings, String> {
+    Ok(herald_cluster::redis::RedisSettings {
         url: config.redis.url.expose().to_owned(),
+        ca_pem: config.redis.ca_pem()?,
         prefix: config.redis.prefix.clone(),
         heartbeat: config.cluster.heartbeat_interval,
         node_ttl: config.cluster.node_ttl,
         timeout: config.redis.timeout,
-    }
+    })
 }
 
 /// A built server, ready to run.
@@ -153,12 +154,12 @@ impl Server {
                 Backends::memory(dispatchers, config.broker.queue)
             }
             BrokerKind::Redis => {
-                let settings = redis_settings(&config);
+                let settings = redis_settings(&config)?;
                 herald_cluster::redis::RedisCluster::new(settings, node_id.clone())?.backends()
             }
             BrokerKind::Nats => {
                 let redis = herald_cluster::redis::RedisCluster::new(
-                    redis_settings(&config),
+                    redis_settings(&config)?,
                     node_id.clone(),
                 )?;
                 let nats = herald_cluster::nats::NatsBroker::new(
@@ -173,7 +174,7 @@ impl Server {
             }
             BrokerKind::Rabbitmq => {
                 let redis = herald_cluster::redis::RedisCluster::new(
-                    redis_settings(&config),
+                    redis_settings(&config)?,
                     node_id.clone(),
                 )?;
                 let amqp = herald_cluster::amqp::AmqpBroker::new(
@@ -188,7 +189,7 @@ impl Server {
             }
             BrokerKind::Postgres => {
                 let redis = herald_cluster::redis::RedisCluster::new(
-                    redis_settings(&config),
+                    redis_settings(&config)?,
                     node_id.clone(),
                 )?;
                 let pg = herald_cluster::postgres::PostgresBroker::new(
@@ -283,6 +284,7 @@ impl Server {
                     .unwrap_or(&shared.config.redis.url)
                     .expose()
                     .to_owned(),
+                ca_pem: shared.config.redis.ca_pem().unwrap_or_default(),
                 app_id: ingest.app.clone(),
                 prefix: ingest.prefix.clone(),
                 channels: ingest.channels.clone(),

@@ -30,6 +30,10 @@ pub struct PublishApiArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
+    /// Publish through this address instead of `--addr` (another node of a cluster: every
+    /// publication crosses the broker to reach the subscribers).
+    #[arg(long)]
+    pub publish_addr: Option<std::net::SocketAddr>,
 }
 
 /// Run it.
@@ -41,10 +45,14 @@ pub async fn run(c: CommonArgs, a: PublishApiArgs) -> Result<Value, String> {
     };
     let channel = plan.name(0);
     let mut fleet = start_fleet(&c, a.subscribers, plan, 0, None).await?;
+    let publish_to = CommonArgs {
+        addr: a.publish_addr.unwrap_or(c.addr),
+        ..c.clone()
+    };
     let deadline = Instant::now() + Duration::from_secs_f64(a.secs);
     let mut tasks = Vec::new();
     for k in 0..a.concurrency.max(1) {
-        let (t, channel, size) = (target(&c), channel.clone(), a.payload);
+        let (t, channel, size) = (target(&publish_to), channel.clone(), a.payload);
         tasks.push(tokio::spawn(async move {
             let mut p = Publisher::connect(&t)
                 .await

@@ -78,9 +78,16 @@ struct Inner {
     seen: Mutex<HashMap<String, Seen>>,
     /// `None` while the pub/sub connection is up; otherwise why not.
     problem: Mutex<Option<String>>,
+    /// Times the pub/sub link was lost after being up (for tests and logs).
+    losses: std::sync::atomic::AtomicU64,
 }
 
 impl RedisBroker {
+    /// How many times the pub/sub link was lost after being up.
+    pub fn link_losses(&self) -> u64 {
+        self.inner.losses.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn new(link: Arc<Link>) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -93,6 +100,7 @@ impl RedisBroker {
                 sink: Mutex::new(None),
                 seen: Mutex::new(HashMap::new()),
                 problem: Mutex::new(Some("connecting to Redis pub/sub".into())),
+                losses: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -328,8 +336,10 @@ async fn run_pubsub(weak: Weak<Inner>) {
                     if weak.strong_count() == 0 {
                         return;
                     }
+                    // In subscribed mode Redis answers PING with a ["pong", ""] push, not
+                    // +PONG: any answer proves the link.
                     let ok = matches!(
-                        tokio::time::timeout(timeout, sink.ping::<String>()).await,
+                        tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await,
                         Ok(Ok(_))
                     );
                     if !ok {
@@ -340,6 +350,9 @@ async fn run_pubsub(weak: Weak<Inner>) {
         };
         let Some(inner) = weak.upgrade() else { return };
         warn!(reason = lost, "Redis pub/sub link down; reconnecting");
+        inner
+            .losses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *inner.sink.lock() = None;
         *inner.problem.lock() = Some(lost.into());
         drop(inner);

@@ -125,6 +125,29 @@ fn invalid_config_exits_64_naming_the_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.ping_interval"));
+    // A Redis CA file must exist, and needs a TLS URL; the URL's password is never echoed.
+    let rejected = |ca_file: &std::path::Path, key: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[broker]\nkind = \"redis\"\n[redis]\nurl = \"redis://:hunter2-secret@127.0.0.1:6379\"\nca_file = {ca_file:?}\n"
+            ),
+        )
+        .unwrap();
+        let out = herald()
+            .args(["check-config", "--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(key), "{err}");
+        assert!(!err.contains("hunter2-secret"), "{err}");
+        err
+    };
+    rejected(std::path::Path::new("/nonexistent/ca.pem"), "redis.ca_file");
+    std::fs::write(dir.join("ca.pem"), "not a certificate").unwrap();
+    let err = rejected(&dir.join("ca.pem"), "redis.url");
+    assert!(err.contains("rediss://"), "{err}");
     std::fs::write(
         &file,
         "[[apps]]\nid = \"shop\"\nkey = \"shop-key\"\nsecret = \"long-enough-secret\"\n",

@@ -193,8 +193,14 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start(port: u16) -> Option<Self> {
+        Self::start_with(port, &["--port", &port.to_string()])
+    }
+
+    /// Start with `args` saying where (and how) it listens.
+    fn start_with(port: u16, args: &[&str]) -> Option<Self> {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -224,6 +230,119 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// Start a private redis-server, or skip (fail under CI) when the binary is missing; then
+/// wait until `port` accepts connections.
+async fn private_redis(port: u16, args: &[&str]) -> Option<PrivateRedis> {
+    let Some(redis) = PrivateRedis::start_with(port, args) else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("redis-server is not installed, and CI=true");
+        }
+        eprintln!("SKIPPED: redis-server is not installed");
+        return None;
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "private redis-server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(redis)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_a_tls_redis_that_needs_a_password() {
+    // A private CA, and a certificate for 127.0.0.1 signed by it, for redis-server.
+    let dir = std::env::temp_dir().join(format!("herald-rediss-{}", unique_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, leaf.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    let port = free_port();
+    let password = "tls-test-pass-7f3a";
+    let (cert, key) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let port_arg = port.to_string();
+    let args = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port_arg,
+        "--tls-cert-file",
+        cert,
+        "--tls-key-file",
+        key,
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        password,
+    ];
+    let Some(_redis) = private_redis(port, &args).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let node = |url: String| {
+        let (p, ca_file) = (prefix.clone(), ca_file.clone());
+        TestServer::with(move |c| {
+            on_redis(c, &p);
+            c.redis.url = herald_core::Secret::new(url.clone());
+            c.redis.ca_file = Some(ca_file.clone());
+            c.redis.timeout = Duration::from_millis(500);
+        })
+    };
+    let url = format!("rediss://:{password}@127.0.0.1:{port}");
+    let a = node(url.clone()).await;
+    let b = node(url).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+
+    // Fan-out and cluster-wide counts cross the TLS link.
+    let mut on_a = a.connect().await;
+    on_a.subscribe_ok("news").await;
+    let mut on_b = b.connect().await;
+    on_b.subscribe_ok("news").await;
+    b.publish("news", "n", json!({"n": 1})).await;
+    assert_eq!(on_a.recv_non_ping().await.data, json!({"n": 1}));
+    assert_eq!(on_b.recv_non_ping().await.data, json!({"n": 1}));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = a.api("GET", "channels/news", None).await;
+        if body["subscribers"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster count: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A wrong password: the node stays up, degraded, and says why without the secret.
+    let wrong = node(format!("rediss://:not-the-password@127.0.0.1:{port}")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = wrong.admin_get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    let (_, status_body) = wrong.admin_get("/status").await;
+    let shown = format!("{body} {status_body}");
+    assert!(body.contains("AuthenticationFailed"), "{body}");
+    assert!(!shown.contains("not-the-password"), "{shown}");
+    assert!(!shown.contains(password), "{shown}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn ready_status(server: &TestServer) -> u16 {
     server.admin_get("/ready").await.0
 }
@@ -243,22 +362,9 @@ async fn wait_ready_status(server: &TestServer, want: u16, within: Duration) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_resumes_after_redis_restarts_without_restarting_herald() {
     let port = free_port();
-    let Some(mut redis) = PrivateRedis::start(port) else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("redis-server is not installed, and CI=true");
-        }
-        eprintln!("SKIPPED: redis-server is not installed");
+    let Some(mut redis) = private_redis(port, &["--port", &port.to_string()]).await else {
         return;
     };
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "private redis-server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let prefix = unique_prefix();
     let mut nodes = Vec::new();
     for _ in 0..2 {
