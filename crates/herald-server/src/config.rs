@@ -340,7 +340,7 @@ pub struct RedisConfig {
     pub url: herald_core::Secret,
     /// PEM file of the certificates a `rediss://` server is verified against, instead of
     /// the built-in web roots: a private CA, or the server's self-signed certificate.
-    /// Also used by `[[laravel_ingest]]`.
+    /// Also used by a `[[laravel_ingest]]` on a `rediss://` URL.
     pub ca_file: Option<PathBuf>,
     /// Prefix of every key and pub/sub channel, so several clusters can share one Redis.
     pub prefix: String,
@@ -361,12 +361,30 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
-    /// The contents of `ca_file`, if one is set.
+    /// The contents of `ca_file`, if one is set; an error unless it holds at least one PEM
+    /// certificate.
     pub fn ca_pem(&self) -> Result<Option<Vec<u8>>, String> {
-        self.ca_file
-            .as_ref()
-            .map(|path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display())))
-            .transpose()
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate found", path.display()));
+        }
+        Ok(Some(pem))
+    }
+
+    /// The CA certificates for `url`: `ca_file`'s, for a `rediss://` URL only (a plain
+    /// `[[laravel_ingest]]` Redis may sit beside a TLS one).
+    pub fn ca_pem_for(&self, url: &str) -> Result<Option<Vec<u8>>, String> {
+        if url.starts_with("rediss://") {
+            self.ca_pem()
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -591,7 +609,10 @@ impl Config {
                 ));
             }
             let url = ingest.url.as_ref().unwrap_or(&self.redis.url);
-            if let Err(e) = herald_cluster::redis::check_url(url.expose(), redis_ca.as_deref()) {
+            let ca = redis_ca
+                .as_deref()
+                .filter(|_| url.expose().starts_with("rediss://"));
+            if let Err(e) = herald_cluster::redis::check_url(url.expose(), ca) {
                 problems.push((format!("laravel_ingest[{i}].url"), e));
             }
             if ingest.channels.is_empty() {

@@ -277,14 +277,17 @@ impl Server {
             .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone(), admin_stop.clone())));
         let mut ingests = Vec::new();
         for ingest in &shared.config.laravel_ingest {
+            let url = ingest.url.as_ref().unwrap_or(&shared.config.redis.url);
+            let ca_pem = match shared.config.redis.ca_pem_for(url.expose()) {
+                Ok(pem) => pem,
+                Err(e) => {
+                    warn!(error = %e, app = %ingest.app, "Laravel ingest not started");
+                    continue;
+                }
+            };
             let settings = herald_cluster::ingest::IngestSettings {
-                url: ingest
-                    .url
-                    .as_ref()
-                    .unwrap_or(&shared.config.redis.url)
-                    .expose()
-                    .to_owned(),
-                ca_pem: shared.config.redis.ca_pem().unwrap_or_default(),
+                url: url.expose().to_owned(),
+                ca_pem,
                 app_id: ingest.app.clone(),
                 prefix: ingest.prefix.clone(),
                 channels: ingest.channels.clone(),

@@ -146,6 +146,14 @@ fn invalid_config_exits_64_naming_the_key() {
     };
     rejected(std::path::Path::new("/nonexistent/ca.pem"), "redis.ca_file");
     std::fs::write(dir.join("ca.pem"), "not a certificate").unwrap();
+    let err = rejected(&dir.join("ca.pem"), "redis.ca_file");
+    assert!(err.contains("no certificate found"), "{err}");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
     let err = rejected(&dir.join("ca.pem"), "redis.url");
     assert!(err.contains("rediss://"), "{err}");
     std::fs::write(
