@@ -18,6 +18,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use herald_protocol::token::MAX_USER_ID_LEN;
 use herald_protocol::token::TokenClaims;
 use herald_protocol::{ChannelName, ErrorCode};
 use jsonwebtoken::errors::ErrorKind;
@@ -115,6 +116,9 @@ impl TokenVerifier {
         let mut validation = Validation::new(algorithm(jwt.algorithm));
         validation.leeway = jwt.leeway.as_secs();
         validation.validate_exp = true;
+        // A token with `nbf` is refused until then (within the leeway); one without it is
+        // valid from the start.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         match &jwt.audience {
             Some(aud) => validation.set_audience(&[aud]),
@@ -132,10 +136,14 @@ impl TokenVerifier {
     }
 
     fn decode(&self, token: &str) -> Result<TokenClaims, Refusal> {
-        jsonwebtoken::decode::<TokenClaims>(token.trim(), &self.key, &self.validation)
+        let claims = jsonwebtoken::decode::<TokenClaims>(token.trim(), &self.key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => Refusal::plain(ErrorCode::TokenExpired),
+                ErrorKind::ImmatureSignature => Refusal::new(
+                    ErrorCode::TokenInvalid,
+                    "token is not valid yet (its nbf is in the future)",
+                ),
                 ErrorKind::InvalidSignature => Refusal::plain(ErrorCode::BadSignature),
                 ErrorKind::InvalidAlgorithm => Refusal::new(
                     ErrorCode::TokenInvalid,
@@ -153,7 +161,16 @@ impl TokenVerifier {
                     Refusal::new(ErrorCode::TokenInvalid, "token claims are malformed")
                 }
                 _ => Refusal::new(ErrorCode::TokenInvalid, "token is malformed"),
-            })
+            })?;
+        if let Some(sub) = &claims.sub
+            && (sub.is_empty() || sub.len() > MAX_USER_ID_LEN)
+        {
+            return Err(Refusal::new(
+                ErrorCode::TokenInvalid,
+                format!("sub must be 1 to {MAX_USER_ID_LEN} bytes"),
+            ));
+        }
+        Ok(claims)
     }
 
     /// Verify a connection token.

@@ -532,17 +532,21 @@ impl Node {
         }
         check_event_name(&req.event)?;
         check_payload(app, &req.data)?;
-        req.channels
-            .iter()
-            .map(|c| {
-                ChannelName::new(c).map_err(|e| {
-                    Refusal::new(
-                        ErrorCode::InvalidChannel,
-                        format!("{}: {e}", truncate(c, 64)),
-                    )
-                })
-            })
-            .collect()
+        let mut channels: Vec<ChannelName> = Vec::with_capacity(req.channels.len());
+        for c in &req.channels {
+            let channel = ChannelName::new(c).map_err(|e| {
+                Refusal::new(
+                    ErrorCode::InvalidChannel,
+                    format!("{}: {e}", truncate(c, 64)),
+                )
+            })?;
+            // A channel named twice is published to once: a subscriber gets one copy of a
+            // message id, and a publish costs what the rate limit counts.
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+        Ok(channels)
     }
 
     /// Publish one event to one or more channels of `app`, through the broker.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use herald_protocol::token::MAX_USER_ID_LEN;
 use herald_protocol::{ChannelName, ErrorCode, SocketId};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -114,10 +115,10 @@ pub fn authorize_channel(
             format!("invalid channel_data: {e}"),
         )
     })?;
-    if parsed.user_id.is_empty() || parsed.user_id.len() > 128 {
+    if parsed.user_id.is_empty() || parsed.user_id.len() > MAX_USER_ID_LEN {
         return Err(Refusal::new(
             ErrorCode::InvalidRequest,
-            "user_id must be 1 to 128 characters",
+            format!("user_id must be 1 to {MAX_USER_ID_LEN} bytes"),
         ));
     }
     Ok(ChannelAccess {
@@ -148,10 +149,10 @@ pub fn verify_signin(
     check(app, auth, &format!("{socket}::user::{user_data}"))?;
     let parsed: UserData = serde_json::from_str(user_data)
         .map_err(|e| Refusal::new(ErrorCode::InvalidRequest, format!("invalid user_data: {e}")))?;
-    if parsed.id.is_empty() || parsed.id.len() > 128 {
+    if parsed.id.is_empty() || parsed.id.len() > MAX_USER_ID_LEN {
         return Err(Refusal::new(
             ErrorCode::InvalidRequest,
-            "user id must be 1 to 128 characters",
+            format!("user id must be 1 to {MAX_USER_ID_LEN} bytes"),
         ));
     }
     Ok(Arc::from(parsed.id.as_str()))

@@ -49,6 +49,8 @@ pub enum ErrorCode {
     NotFound,
     /// 110: the HTTP method is not allowed on this route.
     MethodNotAllowed,
+    /// 111: the request body did not arrive within `server.body_timeout`.
+    RequestTimeout,
     /// 200: credentials are required and none were given.
     Unauthorized,
     /// 201: no app has this key or id.
@@ -81,6 +83,9 @@ pub enum ErrorCode {
     TooManyChannels,
     /// 305: the presence channel already has its maximum number of members.
     PresenceFull,
+    /// 306: the server is at a capacity limit (the memory for request bodies, say); retry
+    /// shortly, as `Retry-After` says.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -97,6 +102,7 @@ impl ErrorCode {
         Self::InvalidEventName,
         Self::NotFound,
         Self::MethodNotAllowed,
+        Self::RequestTimeout,
         Self::Unauthorized,
         Self::UnknownApp,
         Self::TokenExpired,
@@ -113,6 +119,7 @@ impl ErrorCode {
         Self::TooManyConnections,
         Self::TooManyChannels,
         Self::PresenceFull,
+        Self::Overloaded,
     ];
 
     /// The number on the wire.
@@ -129,6 +136,7 @@ impl ErrorCode {
             Self::InvalidEventName => 108,
             Self::NotFound => 109,
             Self::MethodNotAllowed => 110,
+            Self::RequestTimeout => 111,
             Self::Unauthorized => 200,
             Self::UnknownApp => 201,
             Self::TokenExpired => 202,
@@ -145,6 +153,7 @@ impl ErrorCode {
             Self::TooManyConnections => 303,
             Self::TooManyChannels => 304,
             Self::PresenceFull => 305,
+            Self::Overloaded => 306,
         }
     }
 
@@ -162,6 +171,7 @@ impl ErrorCode {
             Self::InvalidEventName => "invalid_event_name",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
             Self::Unauthorized => "unauthorized",
             Self::UnknownApp => "unknown_app",
             Self::TokenExpired => "token_expired",
@@ -178,6 +188,7 @@ impl ErrorCode {
             Self::TooManyConnections => "too_many_connections",
             Self::TooManyChannels => "too_many_channels",
             Self::PresenceFull => "presence_full",
+            Self::Overloaded => "overloaded",
         }
     }
 
@@ -195,6 +206,8 @@ impl ErrorCode {
             | Self::TooManyChannels => 400,
             Self::NotFound | Self::UnknownApp => 404,
             Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
+            Self::Overloaded => 503,
             Self::Unauthorized | Self::TokenExpired | Self::BadSignature | Self::TokenInvalid => {
                 401
             }
@@ -226,6 +239,7 @@ impl ErrorCode {
             Self::InvalidEventName => "invalid event name",
             Self::NotFound => "not found",
             Self::MethodNotAllowed => "method not allowed",
+            Self::RequestTimeout => "request body not received in time",
             Self::Unauthorized => "credentials required",
             Self::UnknownApp => "unknown app",
             Self::TokenExpired => "token expired",
@@ -242,6 +256,7 @@ impl ErrorCode {
             Self::TooManyConnections => "connection limit reached",
             Self::TooManyChannels => "too many channels or events in one request",
             Self::PresenceFull => "presence channel is full",
+            Self::Overloaded => "server at capacity, retry shortly",
         }
     }
 
@@ -418,6 +433,36 @@ impl CloseCode {
 impl fmt::Display for CloseCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.code(), self.reason())
+    }
+}
+
+/// A code that exists only in the Pusher protocol: sent as the `data.code` of a
+/// `pusher:error` message, after which the connection stays open. (Pusher close codes are
+/// mapped from [`CloseCode`] by `pusher::close_code`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PusherErrorCode {
+    /// 4301: a client event was refused because the connection sent more than the app's
+    /// `client_event_rate` per second.
+    ClientEventRateLimited,
+}
+
+impl PusherErrorCode {
+    /// Every Pusher-only code, in catalogue order.
+    pub const ALL: &'static [PusherErrorCode] = &[Self::ClientEventRateLimited];
+
+    /// The number in `data.code`.
+    pub const fn code(self) -> u16 {
+        match self {
+            Self::ClientEventRateLimited => 4301,
+        }
+    }
+
+    /// What it means.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Self::ClientEventRateLimited => "client event rate limit exceeded",
+        }
     }
 }
 

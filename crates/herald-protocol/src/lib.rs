@@ -28,5 +28,5 @@ pub mod token;
 pub mod websocket;
 
 pub use channel::{ChannelKind, ChannelName, InvalidChannelName};
-pub use codes::{CloseCode, ErrorCode, Reconnect};
+pub use codes::{CloseCode, ErrorCode, PusherErrorCode, Reconnect};
 pub use socket_id::SocketId;

@@ -12,6 +12,11 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The claims Herald reads from (and `herald token` writes into) a JWT.
+/// The longest user id accepted, in bytes: a token's `sub`, a Pusher presence `user_id` or
+/// sign-in `id`. User ids are kept per connection and per presence member, and echoed in
+/// events, so they are bounded like every other name.
+pub const MAX_USER_ID_LEN: usize = 128;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenClaims {
     /// The user id. Required for presence channels.
@@ -26,6 +31,10 @@ pub struct TokenClaims {
     /// Issued-at, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not-before, in seconds since the Unix epoch: the token is refused until then (less
+    /// the app's `jwt.leeway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Channel patterns a connection token allows (`*` matches any run of characters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,

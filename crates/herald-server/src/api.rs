@@ -30,9 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::http::{
-    Body, bearer, error, error_retry, fail, json as json_response, query_param, read_body,
-};
+use crate::http::{Body, bearer, error, error_retry, fail, json as json_response, query_param};
 use crate::server::Shared;
 
 /// Route and serve one API request; `path` is what follows `/api/`.
@@ -247,7 +245,11 @@ fn rate_limit(app: &App, n: usize) -> Result<(), Response<Body>> {
 }
 
 async fn publish(shared: &Arc<Shared>, app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let body = match read_body(req, shared.config.server.max_body_bytes).await {
+    let body = match shared
+        .bodies
+        .read(req, shared.config.server.max_body_bytes)
+        .await
+    {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -339,7 +341,11 @@ struct BatchBody<'a> {
 }
 
 async fn batch(shared: &Arc<Shared>, app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let body = match read_body(req, shared.config.server.max_body_bytes).await {
+    let body = match shared
+        .bodies
+        .read(req, shared.config.server.max_body_bytes)
+        .await
+    {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -404,7 +410,11 @@ async fn direct(
     req: Request<Incoming>,
     target: Target,
 ) -> Response<Body> {
-    let body = match read_body(req, shared.config.server.max_body_bytes).await {
+    let body = match shared
+        .bodies
+        .read(req, shared.config.server.max_body_bytes)
+        .await
+    {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -449,7 +459,11 @@ async fn disconnect(
     req: Request<Incoming>,
     user: &str,
 ) -> Response<Body> {
-    let body = match read_body(req, shared.config.server.max_body_bytes).await {
+    let body = match shared
+        .bodies
+        .read(req, shared.config.server.max_body_bytes)
+        .await
+    {
         Ok(b) => b,
         Err(r) => return r,
     };

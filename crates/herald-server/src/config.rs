@@ -129,6 +129,14 @@ pub struct ServerConfig {
     pub ip_deny: Vec<IpNet>,
     /// Largest HTTP request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Time a request body may take to arrive once its headers are in (408 after), so a
+    /// body trickled or never finished holds nothing for long.
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// Bytes all request bodies being received or handled may hold together. A request
+    /// that would go beyond is refused at once with 503 and `Retry-After`, so concurrent
+    /// bodies cannot exhaust memory. At least `max_body_bytes`.
+    pub max_body_memory: usize,
     /// Pending-connection queue of each client listener (the kernel caps it at
     /// `net.core.somaxconn`). Too small a queue drops SYNs in a reconnect storm, and each
     /// dropped client waits a second to retry.
@@ -146,6 +154,8 @@ impl Default for ServerConfig {
             ip_allow: Vec::new(),
             ip_deny: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
+            max_body_memory: 64 * 1024 * 1024,
             listen_backlog: 4096,
         }
     }
@@ -505,6 +515,17 @@ impl Config {
             problems.push((
                 "server.max_body_bytes".into(),
                 "must be at least 1024".into(),
+            ));
+        }
+        if self.server.body_timeout.is_zero() {
+            problems.push(("server.body_timeout".into(), "must be more than 0".into()));
+        }
+        if self.server.max_body_memory < self.server.max_body_bytes
+            || u32::try_from(self.server.max_body_memory).is_err()
+        {
+            problems.push((
+                "server.max_body_memory".into(),
+                "must be at least server.max_body_bytes and below 4 GiB".into(),
             ));
         }
         if self.server.listen_backlog == 0 {

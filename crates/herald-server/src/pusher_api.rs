@@ -18,7 +18,6 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use herald_core::node::PublishRequest;
 use herald_core::pusher_auth::{hex, sign};
 use herald_core::secret::constant_time_eq;
@@ -31,7 +30,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use crate::http::{Body, error, error_retry, fail, json as json_response, read_body};
+use crate::http::{Body, error, error_retry, fail, json as json_response};
 use crate::server::Shared;
 
 /// The largest accepted difference between `auth_timestamp` and the server clock, seconds.
@@ -59,16 +58,29 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> R
         return fail(ErrorCode::UnknownApp, "no app has this id");
     };
     let method = req.method().clone();
-    let uri_path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let body = match read_body(req, shared.config.server.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let params = match verify(&app, &method, &uri_path, &query, &body) {
+    // Everything the head carries is checked before a byte of the body is read: the key,
+    // the timestamp and the signature (which covers `body_md5`). An unauthenticated client
+    // is answered at once and never makes the server hold its body.
+    let params = match verify(
+        &app,
+        &method,
+        req.uri().path(),
+        req.uri().query().unwrap_or(""),
+    ) {
         Ok(p) => p,
         Err(r) => return error(&r),
     };
+    let body = match shared
+        .bodies
+        .read(req, shared.config.server.max_body_bytes)
+        .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = verify_body(&params, &body) {
+        return error(&r);
+    }
     if !app.settings.enabled {
         return fail(ErrorCode::AppDisabled, "app is disabled");
     }
@@ -100,13 +112,13 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> R
     }
 }
 
-/// Check the request signature; return the query parameters (decoded).
+/// Check the request signature from the head alone; return the query parameters
+/// (decoded). The body is checked against the signed `body_md5` by [`verify_body`].
 fn verify(
     app: &App,
     method: &Method,
     path: &str,
     query: &str,
-    body: &[u8],
 ) -> Result<Vec<(String, String)>, Refusal> {
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -137,14 +149,6 @@ fn verify(
     if get("auth_version") != Some("1.0") {
         return Err(unauthorized("auth_version must be 1.0"));
     }
-    if !body.is_empty() {
-        let expected = hex(&Md5::digest(body));
-        match get("body_md5") {
-            Some(md5) if constant_time_eq(md5.as_bytes(), expected.as_bytes()) => {}
-            Some(_) => return Err(unauthorized("body_md5 does not match the body")),
-            None => return Err(unauthorized("body_md5 is required with a body")),
-        }
-    }
     let signature =
         get("auth_signature").ok_or_else(|| unauthorized("auth_signature is required"))?;
     let expected = sign(&app.settings.secret, &string_to_sign(method, path, &params));
@@ -155,6 +159,26 @@ fn verify(
         ));
     }
     Ok(params)
+}
+
+/// Check a body against the `body_md5` its (already verified) signature covers.
+fn verify_body(params: &[(String, String)], body: &[u8]) -> Result<(), Refusal> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    let expected = hex(&Md5::digest(body));
+    let md5 = params.iter().find(|(k, _)| k == "body_md5").map(|(_, v)| v);
+    match md5 {
+        Some(md5) if constant_time_eq(md5.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(Refusal::new(
+            ErrorCode::Unauthorized,
+            "body_md5 does not match the body",
+        )),
+        None => Err(Refusal::new(
+            ErrorCode::Unauthorized,
+            "body_md5 is required with a body",
+        )),
+    }
 }
 
 /// What a request signature covers: `METHOD\nPATH\nparams`, the params being every query
@@ -217,6 +241,13 @@ fn prepare(shared: &Shared, app: &App, body: EventBody<'_>) -> Result<Trigger, R
             ));
         }
     };
+    let max = app.settings.limits.max_channels_per_publish;
+    if names.len() > max {
+        return Err(Refusal::new(
+            ErrorCode::TooManyChannels,
+            format!("an event may name at most {max} channels"),
+        ));
+    }
     // Pusher's data is a string; an SDK that sends another JSON value gets it as JSON.
     let data = match serde_json::from_str::<String>(body.data.get()) {
         Ok(text) => EventData::Text(Arc::from(text)),
@@ -230,10 +261,13 @@ fn prepare(shared: &Shared, app: &App, body: EventBody<'_>) -> Result<Trigger, R
     let (users, regular): (Vec<String>, Vec<String>) = names
         .into_iter()
         .partition(|c| herald_protocol::pusher::server_to_user_id(c).is_some());
-    let users: Vec<String> = users
+    let mut users: Vec<String> = users
         .iter()
         .filter_map(|c| herald_protocol::pusher::server_to_user_id(c).map(str::to_owned))
         .collect();
+    // A user named twice gets one copy, as a channel named twice does.
+    users.sort_unstable();
+    users.dedup();
     let request = PublishRequest {
         channels: regular,
         event: body.name.into_owned(),
@@ -338,7 +372,7 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response<Body>> {
     })
 }
 
-async fn events(shared: &Arc<Shared>, app: &Arc<App>, body: &Bytes) -> Response<Body> {
+async fn events(shared: &Arc<Shared>, app: &Arc<App>, body: &[u8]) -> Response<Body> {
     let event: EventBody<'_> = match parse(body) {
         Ok(e) => e,
         Err(r) => return r,
@@ -363,7 +397,7 @@ struct BatchBody<'a> {
     batch: Vec<EventBody<'a>>,
 }
 
-async fn batch_events(shared: &Arc<Shared>, app: &Arc<App>, body: &Bytes) -> Response<Body> {
+async fn batch_events(shared: &Arc<Shared>, app: &Arc<App>, body: &[u8]) -> Response<Body> {
     let batch: BatchBody<'_> = match parse(body) {
         Ok(b) => b,
         Err(r) => return r,

@@ -46,6 +46,8 @@ pub struct Shared {
     pub started: tokio::time::Instant,
     /// Sessions of the SSE and long-polling transports.
     pub http_sessions: crate::transport::http_session::HttpSessions,
+    /// Reads every request body within its size, time and memory bounds.
+    pub bodies: crate::http::BodyReader,
 }
 
 impl Shared {
@@ -215,6 +217,8 @@ impl Server {
             config.server.ip_deny.clone(),
             config.server.trusted_proxies.clone(),
         );
+        let bodies =
+            crate::http::BodyReader::new(config.server.body_timeout, config.server.max_body_memory);
         Ok(Self {
             shared: Arc::new(Shared {
                 node,
@@ -224,6 +228,7 @@ impl Server {
                 shutdown: CancellationToken::new(),
                 started: tokio::time::Instant::now(),
                 http_sessions: crate::transport::http_session::HttpSessions::new(),
+                bodies,
             }),
             tls,
             node_id,

@@ -6,7 +6,7 @@ use herald_protocol::pusher::{
     ClientMessage, SigninData, SubscribeData, UnsubscribeData, encode, parse_client_message,
     parse_data,
 };
-use herald_protocol::{CloseCode, ErrorCode};
+use herald_protocol::{CloseCode, ErrorCode, PusherErrorCode};
 use serde_json::json;
 
 use super::{ChannelAuth, Session};
@@ -79,7 +79,8 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
                 None => EventData::Json(RawJson::null()),
             };
             if let Err(refusal) = session.client_event(channel, event, data).await {
-                let code = (refusal.code == ErrorCode::RateLimited).then_some(4301);
+                let code = (refusal.code == ErrorCode::RateLimited)
+                    .then_some(PusherErrorCode::ClientEventRateLimited.code());
                 push_error(session, code, &refusal.message);
             }
         }

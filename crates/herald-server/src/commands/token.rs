@@ -42,6 +42,7 @@ fn mint(config: &crate::config::Config, args: &TokenArgs) -> Result<String, Stri
         sub: args.user.clone(),
         exp: now + ttl.as_secs(),
         iat: Some(now),
+        nbf: None,
         channels: args.channels.clone(),
         roles: args.roles.clone(),
         permissions: args.permissions.clone(),

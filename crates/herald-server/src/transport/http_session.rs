@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::http::{Body, bearer, error, fail, header_str, json as json_response, read_body};
+use crate::http::{Body, bearer, error, fail, header_str, json as json_response};
 use crate::server::Shared;
 
 /// Commands one session may have waiting for its task; more answer 429.
@@ -159,11 +159,15 @@ pub async fn command(
             "no such session: it ended or expired; open a new one",
         );
     };
-    let body = match read_body(req, shared.config.limits.max_message_size).await {
+    let body = match shared
+        .bodies
+        .read(req, shared.config.limits.max_message_size)
+        .await
+    {
         Ok(b) => b,
         Err(r) => return r,
     };
-    match session.commands.try_send(body) {
+    match session.commands.try_send(body.into_bytes()) {
         Ok(()) => json_response(StatusCode::ACCEPTED, &json!({})),
         Err(mpsc::error::TrySendError::Full(_)) => fail(
             ErrorCode::RateLimited,

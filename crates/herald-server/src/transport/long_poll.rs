@@ -167,10 +167,13 @@ pub async fn poll(
         inner.open_polls += 1;
         inner.generation
     };
+    // From here the poll counts as open until it ends, however it ends: a client that hangs
+    // up mid-wait cancels this future, and the guard still closes the count.
+    let _open = OpenPoll(&state);
     // Wake an older poll of this session, which then answers at once.
     state.notify.notify_waiters();
     let deadline = Instant::now() + shared.config.long_poll.poll_timeout;
-    let response = loop {
+    loop {
         let notified = state.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -189,11 +192,20 @@ pub async fn poll(
             () = tokio::time::sleep_until(deadline) => break answer(&state, cursor),
             () = shared.shutdown.cancelled() => break answer(&state, cursor),
         }
-    };
-    let mut inner = state.inner.lock();
-    inner.open_polls -= 1;
-    inner.last_poll = Instant::now();
-    response
+    }
+}
+
+/// One poll's place in `open_polls`, given back on drop (so also when the poll's future is
+/// cancelled because its client went away): the session then expires `session_timeout`
+/// after its last poll ended, as it must.
+struct OpenPoll<'a>(&'a PollState);
+
+impl Drop for OpenPoll<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.inner.lock();
+        inner.open_polls -= 1;
+        inner.last_poll = Instant::now();
+    }
 }
 
 /// The answer to a poll at `cursor`: `{"cursor":…,"messages":[…]}` plus `resync` or `closed`.

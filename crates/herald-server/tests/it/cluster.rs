@@ -21,6 +21,24 @@ pub fn redis_url() -> String {
     std::env::var("HERALD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The `host:port` of [`redis_url`]: what the tests probe is what they connect to.
+pub fn redis_addr() -> String {
+    let url = redis_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:6379")
+    }
+}
+
+/// Whether the test Redis ([`redis_url`]) is up; fails under `CI=true` when it is not.
+pub async fn redis_available() -> bool {
+    service_available("Redis", &redis_addr()).await
+}
+
 /// Whether the service at `addr` is up; fails under `CI=true` when it is not.
 pub async fn service_available(name: &str, addr: &str) -> bool {
     let up = matches!(
@@ -87,7 +105,7 @@ async fn cluster_on(
     kind: BrokerKind,
     tweak: impl Fn(&mut Config) + Clone,
 ) -> Option<Vec<TestServer>> {
-    if !service_available("Redis", "127.0.0.1:6379").await {
+    if !crate::cluster::redis_available().await {
         return None;
     }
     if kind == BrokerKind::Nats && !service_available("NATS", "127.0.0.1:4222").await {
@@ -337,7 +355,7 @@ async fn cluster_wide_presence_webhooks_and_sends(kind: BrokerKind) {
 /// how many subscribers Redis delivered it to.
 pub async fn redis_publish(channel: &str, payload: &str) -> i64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect("127.0.0.1:6379")
+    let mut conn = tokio::net::TcpStream::connect(redis_addr())
         .await
         .expect("Redis");
     let cmd = format!(

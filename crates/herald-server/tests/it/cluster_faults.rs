@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use herald_core::settings::HistoryRule;
 use serde_json::json;
 
-use crate::cluster::{on_redis, service_available, unique_prefix, wait_ready};
+use crate::cluster::{on_redis, unique_prefix, wait_ready};
 use crate::harness::{APP_ID, APP_KEY, SECRET, TestServer, WAIT};
 
 fn free_port() -> u16 {
@@ -111,7 +111,7 @@ fn presence_token(user: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_members_leave_and_its_clients_recover_elsewhere() {
-    if !service_available("Redis", "127.0.0.1:6379").await {
+    if !crate::cluster::redis_available().await {
         return;
     }
     let prefix = unique_prefix();

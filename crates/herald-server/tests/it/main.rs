@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod cluster;
 mod cluster_faults;
+mod hardening;
 mod http_transports;
 mod limits;
 mod messaging;

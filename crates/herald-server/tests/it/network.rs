@@ -16,16 +16,9 @@ async fn denied_addresses_are_dropped_before_any_http() {
             .await
             .is_err()
     );
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the connection is closed without an answer");
+    assert_dropped_without_an_answer(&server).await;
 
-    // An allow list that does not include loopback has the same effect.
+    // An allow list that does not include loopback has the same effect...
     let server =
         TestServer::with(|c| c.server.ip_allow = vec!["10.0.0.0/8".parse().unwrap()]).await;
     assert!(
@@ -33,6 +26,29 @@ async fn denied_addresses_are_dropped_before_any_http() {
             .await
             .is_err()
     );
+    assert_dropped_without_an_answer(&server).await;
+    // ...and one that includes it lets loopback in, to the end of a WebSocket handshake.
+    let server = TestServer::with(|c| {
+        c.server.ip_allow = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.0/8".parse().unwrap(),
+        ]
+    })
+    .await;
+    let mut client = Client::open(&server.ws_url(APP_KEY, None), &[]).await;
+    assert_eq!(client.recv().await.kind, "connected");
+}
+
+/// Send a request on a fresh connection and assert the server closes it without a byte.
+async fn assert_dropped_without_an_answer(server: &TestServer) {
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection is closed without an answer");
 }
 
 #[tokio::test]

@@ -63,7 +63,7 @@ impl Pusher {
     }
 
     /// The next message, skipping the server's `pusher:ping`.
-    async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         loop {
             let msg = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -166,6 +166,19 @@ pub(crate) async fn pusher_api(
     secret: &str,
 ) -> (u16, Value) {
     let body = body.map(|b| b.to_string());
+    let uri = signed_uri(method, path, query, body.as_deref(), secret);
+    let (status, text, _) = http(server.addr, method, &uri, body, None).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The signed URI of a Pusher HTTP API request to `/apps/{APP_ID}/{path}`.
+pub(crate) fn signed_uri(
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    body: Option<&str>,
+    secret: &str,
+) -> String {
     let full_path = format!("/apps/{APP_ID}/{path}");
     let timestamp = unix_secs().to_string();
     let mut params: Vec<(String, String)> = vec![
@@ -191,9 +204,7 @@ pub(crate) async fn pusher_api(
         &Secret::new(secret),
         &format!("{method}\n{full_path}\n{signed}"),
     );
-    let uri = format!("{full_path}?{signed}&auth_signature={signature}");
-    let (status, text, _) = http(server.addr, method, &uri, body, None).await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    format!("{full_path}?{signed}&auth_signature={signature}")
 }
 
 async fn trigger(server: &TestServer, body: Value) -> (u16, Value) {
