@@ -63,7 +63,7 @@ impl Ingest {
     /// Check the settings and start. Must be called inside a tokio runtime.
     pub fn spawn(node: Arc<Node>, settings: IngestSettings) -> Result<Self, String> {
         let client = crate::redis::open_client(&settings.url, settings.ca_pem.as_deref())?;
-        if node.apps.by_id(&settings.app_id).is_none() {
+        if node.app_by_id(&settings.app_id).is_none() {
             return Err(format!("no app has the id {:?}", settings.app_id));
         }
         let (stop, stopped) = watch::channel(false);
@@ -206,7 +206,7 @@ async fn lead(
     lease_key: &str,
     stopped: &mut watch::Receiver<bool>,
 ) -> bool {
-    let Some(app) = node.apps.by_id(&settings.app_id).cloned() else {
+    let Some(app) = node.app_by_id(&settings.app_id) else {
         return true;
     };
     let pubsub = match tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await

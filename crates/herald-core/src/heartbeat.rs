@@ -12,7 +12,6 @@ use herald_protocol::CloseCode;
 
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::outbound::OutItem;
 use crate::wire::Protocol;
 
 /// Run sweeps until the node is dropped.
@@ -69,7 +68,8 @@ pub(crate) fn sweep(node: &Node) {
             }
         } else if idle >= ping && now.saturating_sub(h.last_ping_ms()) >= ping {
             h.mark_pinged(now);
-            h.push_control(OutItem::Ping);
+            let ping = crate::wire::ping(h.protocol, node.ids.next().as_str());
+            h.push_message(ping, None, &node.metrics);
         }
     });
 }

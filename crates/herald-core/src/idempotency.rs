@@ -15,7 +15,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::node::PublishReceipt;
+use crate::cmd::publish::PublishReceipt;
 
 /// The state of one key.
 #[derive(Debug, Clone)]

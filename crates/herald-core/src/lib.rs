@@ -5,9 +5,12 @@
 //! files or the environment: the server crate hands it settings and backends.
 //!
 //! # Layout
-//! - [`node`]: [`Node`], the composition root: connect, publish, direct sends, queries, drain.
-//! - [`session`]: [`Session`], one connection's state and operations; protocol adapters in
-//!   `session/` parse requests and encode replies.
+//! - [`node`]: [`Node`], the composition root: apps, backends, metrics, the registry of
+//!   connections, health and drain; `node/queries.rs` answers channel queries.
+//! - [`cmd`]: one module per operation: connect, subscribe (steps that undo themselves),
+//!   unsubscribe, client events, sign-in, publish, direct sends.
+//! - [`session`]: [`Session`], one connection's state; protocol adapters in `session/`
+//!   parse requests, call the operations and encode replies.
 //! - [`hub`]: local subscriptions per app and the fan-out of a publication.
 //! - [`outbound`]: [`SessionHandle`], a connection's bounded outbound queue.
 //! - [`publication`]: [`Publication`] and [`DirectMessage`], encoded once per protocol.
@@ -29,6 +32,7 @@ pub mod auth;
 pub mod broker;
 pub mod cache;
 pub mod clock;
+pub mod cmd;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod heartbeat;
@@ -58,9 +62,11 @@ pub mod wire;
 
 pub use app::App;
 pub use broker::Broker;
+pub use cmd::connect::{ConnectRefusal, ConnectRequest};
+pub use cmd::publish::{PublishReceipt, PublishRequest};
 pub use metrics::Metrics;
-pub use node::{ConnectRefusal, ConnectRequest, Node, PublishRequest};
-pub use outbound::{OutItem, SessionHandle};
+pub use node::Node;
+pub use outbound::{OutItem, PushOutcome, SessionHandle};
 pub use presence::PresenceManager;
 pub use publication::{DirectMessage, EventData, Publication};
 pub use raw_json::RawJson;

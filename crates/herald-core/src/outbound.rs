@@ -12,6 +12,9 @@
 //!   queue, marks the connection closing with [`CloseCode::SlowConsumer`] and wakes the
 //!   writer, which closes the socket. Nothing ever grows without limit, and other
 //!   subscribers are not slowed: the producer returns immediately either way.
+//! - Control items (pongs) count against the same bounds: nothing reaches a queue unbounded.
+//! - One slow connection is counted once in `slow_consumer_disconnects`, whichever of the
+//!   queue overflow and the writer's timeout noticed it first.
 //! - An idle connection's queue holds no allocation.
 
 use std::collections::VecDeque;
@@ -39,8 +42,6 @@ pub enum OutItem {
         /// replies and other messages that are not publications.
         published_at: Option<Instant>,
     },
-    /// Send a protocol-level heartbeat (the transport asks the session to encode it).
-    Ping,
     /// Answer a transport-level ping (a WebSocket pong with this payload).
     Pong(Bytes),
     /// Flush what precedes, then close the connection with this code.
@@ -168,6 +169,29 @@ impl SessionHandle {
         metrics: &Metrics,
     ) -> PushOutcome {
         let len = bytes.len();
+        self.enqueue(
+            OutItem::Message {
+                bytes,
+                published_at,
+            },
+            len,
+            metrics,
+        )
+    }
+
+    /// Queue a control item (a pong). Bounded like messages: a client that sends pings and
+    /// never reads the pongs is a slow consumer like any other.
+    pub fn push_control(&self, item: OutItem, metrics: &Metrics) -> PushOutcome {
+        let len = match &item {
+            OutItem::Message { bytes, .. } | OutItem::Pong(bytes) => bytes.len(),
+            OutItem::Close(_) => 0,
+        };
+        self.enqueue(item, len, metrics)
+    }
+
+    /// Queue `item` of `len` bytes within the queue's bounds; past them, discard the queue
+    /// and close as a slow consumer.
+    fn enqueue(&self, item: OutItem, len: usize, metrics: &Metrics) -> PushOutcome {
         let mut q = self.queue.lock();
         if q.closing.is_some() {
             drop(q);
@@ -190,10 +214,7 @@ impl SessionHandle {
             return PushOutcome::SlowConsumer;
         }
         let was_empty = q.items.is_empty();
-        q.items.push_back(OutItem::Message {
-            bytes,
-            published_at,
-        });
+        q.items.push_back(item);
         q.bytes += len;
         drop(q);
         if was_empty {
@@ -202,18 +223,19 @@ impl SessionHandle {
         PushOutcome::Queued
     }
 
-    /// Queue a control item (ping, pong). Dropped if the connection is closing.
-    pub fn push_control(&self, item: OutItem) {
+    /// The writer gave up on a write that made no progress in time: close as a slow
+    /// consumer. Counted in `slow_consumer_disconnects` only if the queue had not already
+    /// overflowed (which counted it), so one slow connection is counted once.
+    pub fn close_slow_consumer(&self, metrics: &Metrics) {
         let mut q = self.queue.lock();
-        if q.closing.is_some() {
+        if q.closing == Some(CloseCode::SlowConsumer) {
             return;
         }
-        let was_empty = q.items.is_empty();
-        q.items.push_back(item);
+        q.closing = Some(CloseCode::SlowConsumer);
+        q.items = VecDeque::new();
+        q.bytes = 0;
         drop(q);
-        if was_empty {
-            self.notify.notify_one();
-        }
+        Metrics::inc(&metrics.slow_consumer_disconnects);
     }
 
     /// Ask the writer to flush what is queued and close with `code`. Only the first close

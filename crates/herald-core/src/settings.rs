@@ -400,6 +400,11 @@ pub struct NodeLimits {
     /// Messages per second one connection may send (any type, bursts of twice that);
     /// beyond it the connection is closed with 4102.
     pub max_client_messages_per_second: u32,
+    /// A message the client has begun (a partial frame, or a fragmented message) must be
+    /// complete within this, or the connection is closed with 4202: what it has sent so far
+    /// is held in memory, and pings must not keep it there for ever.
+    #[serde(deserialize_with = "duration")]
+    pub incomplete_message_timeout: Duration,
 }
 
 impl Default for NodeLimits {
@@ -414,6 +419,7 @@ impl Default for NodeLimits {
             ping_interval: Duration::from_secs(25),
             write_timeout: Duration::from_secs(10),
             max_client_messages_per_second: 100,
+            incomplete_message_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -446,6 +452,9 @@ impl NodeLimits {
         }
         if self.max_client_messages_per_second == 0 {
             bad("max_client_messages_per_second", "must be at least 1");
+        }
+        if self.incomplete_message_timeout.is_zero() {
+            bad("incomplete_message_timeout", "must be more than 0");
         }
         problems
     }

@@ -6,7 +6,11 @@
 pub mod native;
 pub mod pusher;
 
+use bytes::Bytes;
 use herald_protocol::CloseCode;
+use herald_protocol::native::{Envelope, MessageType};
+
+use crate::clock::unix_ms;
 
 /// A client protocol: decides how a connection's messages are encoded and parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,5 +36,18 @@ impl Protocol {
             Self::Native => (code.code(), code.reason()),
             Self::Pusher => herald_protocol::pusher::close_code(code),
         }
+    }
+}
+
+/// The protocol-level heartbeat (`ping`) for a connection speaking `protocol`; `id` is a
+/// fresh message id (the native protocol gives every message one).
+pub(crate) fn ping(protocol: Protocol, id: &str) -> Bytes {
+    match protocol {
+        Protocol::Native => {
+            let mut env = Envelope::new(id, MessageType::Ping, unix_ms());
+            env.data = b"null";
+            Bytes::from(env.to_vec())
+        }
+        Protocol::Pusher => Bytes::from_static(br#"{"event":"pusher:ping","data":"{}"}"#),
     }
 }

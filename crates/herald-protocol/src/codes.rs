@@ -327,6 +327,9 @@ pub enum CloseCode {
     Reconnect,
     /// 4201: nothing was received from the client within the activity timeout.
     ActivityTimeout,
+    /// 4202: a message the client began was not completed within
+    /// `limits.incomplete_message_timeout`.
+    IncompleteMessage,
 }
 
 impl CloseCode {
@@ -352,6 +355,7 @@ impl CloseCode {
         Self::TooManyRequests,
         Self::Reconnect,
         Self::ActivityTimeout,
+        Self::IncompleteMessage,
     ];
 
     /// The number in the close frame.
@@ -377,6 +381,7 @@ impl CloseCode {
             Self::TooManyRequests => 4102,
             Self::Reconnect => 4200,
             Self::ActivityTimeout => 4201,
+            Self::IncompleteMessage => 4202,
         }
     }
 
@@ -403,6 +408,7 @@ impl CloseCode {
             Self::TooManyRequests => "too many requests, back off",
             Self::Reconnect => "reconnect requested",
             Self::ActivityTimeout => "activity timeout",
+            Self::IncompleteMessage => "message not completed in time",
         }
     }
 

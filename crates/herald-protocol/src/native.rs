@@ -380,10 +380,19 @@ fn required<'a, T>(
     })
 }
 
-/// The channel position an encoded server message reports: a publication on a channel with
-/// history (`offset`, `epoch`), or a `subscribed` reply on such a channel (its `data`). Used
+/// How an encoded server message changes what a client knows of its channel streams. Used
 /// by transports that must tell the client where it is (SSE event ids).
-pub fn message_position(bytes: &[u8]) -> Option<(String, StreamPosition)> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamChange {
+    /// The client is now at this position of the channel: a publication on a channel with
+    /// history (`offset`, `epoch`), or a `subscribed` reply on such a channel (its `data`).
+    Position(String, StreamPosition),
+    /// The client left the channel (an `unsubscribed` reply): forget its position.
+    Left(String),
+}
+
+/// What an encoded server message changes (see [`StreamChange`]), if anything.
+pub fn stream_change(bytes: &[u8]) -> Option<StreamChange> {
     #[derive(Deserialize)]
     struct Peek<'a> {
         #[serde(rename = "type", borrow)]
@@ -405,7 +414,7 @@ pub fn message_position(bytes: &[u8]) -> Option<(String, StreamPosition)> {
     let peek: Peek<'_> = serde_json::from_slice(bytes).ok()?;
     let channel = peek.channel?.into_owned();
     match (peek.kind.as_ref(), peek.offset, peek.epoch) {
-        ("event", Some(offset), Some(epoch)) => Some((
+        ("event", Some(offset), Some(epoch)) => Some(StreamChange::Position(
             channel,
             StreamPosition {
                 offset,
@@ -414,7 +423,7 @@ pub fn message_position(bytes: &[u8]) -> Option<(String, StreamPosition)> {
         )),
         ("subscribe", _, _) => {
             let data: Subscribed = serde_json::from_str(peek.data?.get()).ok()?;
-            Some((
+            Some(StreamChange::Position(
                 channel,
                 StreamPosition {
                     offset: data.offset?,
@@ -422,6 +431,7 @@ pub fn message_position(bytes: &[u8]) -> Option<(String, StreamPosition)> {
                 },
             ))
         }
+        ("unsubscribe", _, _) => Some(StreamChange::Left(channel)),
         _ => None,
     }
 }
@@ -461,13 +471,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn positions_are_read_from_publications_and_subscribe_replies() {
+    fn stream_changes_are_read_from_publications_and_subscription_replies() {
+        let position = |bytes: Vec<u8>| match stream_change(&bytes) {
+            Some(StreamChange::Position(channel, pos)) => Some((channel, pos)),
+            _ => None,
+        };
         let mut env = Envelope::new("1", MessageType::Event, 5);
         env.channel = Some("feed");
         env.event = Some("e");
         env.data = br#"{"x":1}"#;
         env.position = Some((7, "ep"));
-        let (channel, pos) = message_position(&env.to_vec()).unwrap();
+        let (channel, pos) = position(env.to_vec()).unwrap();
         assert_eq!(
             (channel.as_str(), pos.offset, pos.epoch.as_str()),
             ("feed", 7, "ep")
@@ -475,11 +489,18 @@ mod tests {
         let mut reply = Envelope::new("2", MessageType::Subscribe, 5);
         reply.channel = Some("feed");
         reply.data = br#"{"offset":3,"epoch":"e2"}"#;
-        assert_eq!(message_position(&reply.to_vec()).unwrap().1.offset, 3);
+        assert_eq!(position(reply.to_vec()).unwrap().1.offset, 3);
         reply.data = b"{}";
-        assert!(message_position(&reply.to_vec()).is_none());
+        assert!(stream_change(&reply.to_vec()).is_none());
         env.position = None;
-        assert!(message_position(&env.to_vec()).is_none());
+        assert!(stream_change(&env.to_vec()).is_none());
+        let mut left = Envelope::new("3", MessageType::Unsubscribe, 5);
+        left.channel = Some("feed");
+        left.data = b"{}";
+        assert_eq!(
+            stream_change(&left.to_vec()),
+            Some(StreamChange::Left("feed".into()))
+        );
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub const fn close_code(code: CloseCode) -> (u16, &'static str) {
         CloseCode::GoingAway => (4200, "Server going away, reconnect"),
         CloseCode::Reconnect => (4200, "Reconnect requested"),
         CloseCode::ActivityTimeout => (4201, "Pong reply not received"),
+        CloseCode::IncompleteMessage => (4200, "Message not completed in time, reconnect"),
         other => (other.code(), other.reason()),
     }
 }

@@ -152,6 +152,12 @@ impl Decoder {
         }
     }
 
+    /// Whether a fragmented message is open: its first fragments are held here until the
+    /// final one arrives.
+    pub fn in_message(&self) -> bool {
+        self.fragmented.is_some()
+    }
+
     /// Decode the next message from the front of `buf`, consuming its bytes.
     ///
     /// Returns `Ok(None)` when `buf` does not yet hold a complete frame (or held only a

@@ -83,19 +83,19 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                     json!({"name": broker_name, "healthy": false, "reason": why})
                 }
             };
-            let cluster = match node.occupancy.health() {
-                BrokerHealth::Healthy => json!({"state": node.occupancy.name(), "healthy": true}),
+            let (state_name, state_health) = s.cluster;
+            let cluster = match state_health {
+                BrokerHealth::Healthy => json!({"state": state_name, "healthy": true}),
                 BrokerHealth::Degraded(why) => {
-                    json!({"state": node.occupancy.name(), "healthy": false, "reason": why})
+                    json!({"state": state_name, "healthy": false, "reason": why})
                 }
             };
             let apps: Vec<_> = node
-                .apps
-                .all()
+                .apps()
                 .iter()
                 .map(|a| json!({"id": &*a.id, "connections": a.connections()}))
                 .collect();
-            let history = match node.history.stats(None).await {
+            let history = match node.history_stats(None).await {
                 Ok(h) => {
                     json!({"streams": h.streams, "publications": h.publications, "bytes": h.bytes})
                 }
@@ -126,7 +126,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
             let mut text = String::with_capacity(4096);
             let uptime = shared.started.elapsed().as_secs_f64();
             let rss = rss_bytes().unwrap_or(0) as f64;
-            node.metrics.render_prometheus(
+            node.metrics().render_prometheus(
                 &mut text,
                 &[
                     (
@@ -147,7 +147,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                     (
                         "herald_broker_healthy",
                         "1 when the broker link is up (and resubscribed), 0 while degraded.",
-                        if node.broker.health() == BrokerHealth::Healthy {
+                        if node.broker_health() == BrokerHealth::Healthy {
                             1.0
                         } else {
                             0.0
@@ -156,7 +156,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                     (
                         "herald_cluster_state_healthy",
                         "1 when the shared cluster state (presence, occupancy, heartbeats) is reachable.",
-                        if node.occupancy.health() == BrokerHealth::Healthy {
+                        if node.cluster_health() == BrokerHealth::Healthy {
                             1.0
                         } else {
                             0.0

@@ -21,8 +21,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use herald_core::node::{PublishReceipt, PublishRequest};
 use herald_core::{App, EventData, RawJson, Refusal};
+use herald_core::{PublishReceipt, PublishRequest};
 use herald_protocol::{ChannelName, CloseCode, ErrorCode, SocketId};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -35,7 +35,7 @@ use crate::server::Shared;
 
 /// Route and serve one API request; `path` is what follows `/api/`.
 pub async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> Response<Body> {
-    let metrics = &shared.node.metrics;
+    let metrics = shared.node.metrics();
     herald_core::Metrics::inc(&metrics.api_requests);
     let response = serve(shared, req, path).await;
     if !response.status().is_success() {
@@ -48,7 +48,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> R
     let Some((app_id, rest)) = path.split_first() else {
         return fail(ErrorCode::NotFound, "API paths start with /api/{app_id}/");
     };
-    let Some(app) = shared.node.apps.by_id(app_id).cloned() else {
+    let Some(app) = shared.node.app_by_id(app_id) else {
         return fail(ErrorCode::UnknownApp, "no app has this id");
     };
     match bearer(&req) {

@@ -73,8 +73,7 @@ pub async fn read(
         };
         let page = shared
             .node
-            .history
-            .read(&app.id, &channel, &query, None)
+            .read_history(app, &channel, &query)
             .await
             .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         Ok((channel, page))
@@ -122,7 +121,7 @@ pub async fn clear(shared: &Arc<Shared>, app: &App, name: &str) -> Response<Body
         Ok(c) => c,
         Err(r) => return error(&r),
     };
-    match shared.node.history.clear(&app.id, &channel).await {
+    match shared.node.clear_history(app, &channel).await {
         Ok(cleared) => json_response(StatusCode::OK, &json!({ "cleared": cleared })),
         Err(e) => fail(ErrorCode::Internal, e.to_string()),
     }
@@ -130,7 +129,7 @@ pub async fn clear(shared: &Arc<Shared>, app: &App, name: &str) -> Response<Body
 
 /// `GET stats`.
 pub async fn stats(shared: &Arc<Shared>, app: &App) -> Response<Body> {
-    match shared.node.history.stats(Some(&app.id)).await {
+    match shared.node.history_stats(Some(app)).await {
         Ok(h) => json_response(
             StatusCode::OK,
             &json!({

@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use herald_core::node::PublishRequest;
+use herald_core::PublishRequest;
 use herald_core::pusher_auth::{hex, sign};
 use herald_core::secret::constant_time_eq;
 use herald_core::{App, EventData, RawJson, Refusal};
@@ -38,7 +38,7 @@ pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
 
 /// Route and serve one request; `path` is what follows `/apps/`.
 pub async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> Response<Body> {
-    let metrics = &shared.node.metrics;
+    let metrics = shared.node.metrics();
     herald_core::Metrics::inc(&metrics.api_requests);
     let response = serve(shared, req, path).await;
     if !response.status().is_success() {
@@ -54,7 +54,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> R
             "Pusher API paths start with /apps/{app_id}/",
         );
     };
-    let Some(app) = shared.node.apps.by_id(app_id).cloned() else {
+    let Some(app) = shared.node.app_by_id(app_id) else {
         return fail(ErrorCode::UnknownApp, "no app has this id");
     };
     let method = req.method().clone();
@@ -509,7 +509,7 @@ async fn channel(
         out.insert("subscription_count".into(), json!(details.subscribers));
     }
     if attrs.contains(&"cache") && channel.kind().cache {
-        if let Some((cached, ttl)) = shared.node.cache.get(&app.id, &channel) {
+        if let Some((cached, ttl)) = shared.node.cached_event(app, &channel) {
             let (event, data) = match &cached.payload {
                 herald_core::publication::Payload::Event { event, data, .. } => (
                     event.to_string(),

@@ -91,7 +91,7 @@ fn cors_origin(
         return None;
     };
     let origin = req.headers().get(http::header::ORIGIN)?;
-    let app = shared.node.apps.by_key(key)?;
+    let app = shared.node.app_by_key(key)?;
     app.allows_origin(origin.to_str().ok()?)
         .then(|| origin.clone())
 }

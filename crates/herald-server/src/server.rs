@@ -56,6 +56,7 @@ impl Shared {
         WsOptions {
             max_message_size: self.config.limits.max_message_size,
             write_timeout: self.config.limits.write_timeout,
+            incomplete_message_timeout: self.config.limits.incomplete_message_timeout,
         }
     }
 }
@@ -270,7 +271,7 @@ impl Server {
                 .unwrap_or_default();
             tokio::spawn(tls.watch(interval, shared.shutdown.clone()));
         }
-        if let Some(rx) = shared.node.webhooks.take_receiver() {
+        if let Some(rx) = shared.node.take_webhook_receiver() {
             tokio::spawn(crate::webhooks::run(
                 shared.node.clone(),
                 rx,

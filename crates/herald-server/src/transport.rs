@@ -8,6 +8,7 @@
 //! the three. So only the common path (plain TCP) is awaited inline; TLS, other streams and
 //! refusals are boxed, which costs one allocation on their rarer paths.
 
+pub mod commands;
 pub mod http_session;
 pub mod long_poll;
 pub mod sse;
@@ -95,7 +96,8 @@ pub async fn run_websocket(
 ) {
     match (upgraded.downcast::<TokioIo<TcpStream>>(), session) {
         (Ok(parts), Ok(session)) => {
-            websocket::serve(parts.io.into_inner(), parts.read_buf, session, opts).await;
+            let commands = commands::Commands::new(session);
+            websocket::serve(parts.io.into_inner(), parts.read_buf, commands, opts).await;
         }
         (Ok(parts), Err(refusal)) => {
             Box::pin(websocket::refuse(parts.io.into_inner(), refusal)).await;
@@ -125,7 +127,7 @@ async fn dispatch<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     match session {
-        Ok(session) => websocket::serve(io, prefix, session, opts).await,
+        Ok(session) => websocket::serve(io, prefix, commands::Commands::new(session), opts).await,
         Err(refusal) => websocket::refuse(io, refusal).await,
     }
 }

@@ -50,7 +50,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut endpoints: HashMap<Arc<str>, Vec<Endpoint>> = HashMap::new();
-    for app in node.apps.all() {
+    for app in node.apps() {
         let list = app
             .settings
             .webhooks
@@ -101,7 +101,7 @@ pub async fn run(
                     .collect();
                 for chunk in selected.chunks(BATCH_MAX) {
                     if endpoint.tx.try_send(chunk.to_vec()).is_err() {
-                        node.metrics
+                        node.metrics()
                             .webhooks_dropped
                             .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         warn!(app = %app_id, "webhook endpoint queue is full; events dropped");
@@ -163,7 +163,7 @@ async fn sender(
     mut rx: mpsc::Receiver<Vec<Value>>,
     stop: CancellationToken,
 ) {
-    let Some(app) = node.apps.by_id(&app_id).cloned() else {
+    let Some(app) = node.app_by_id(&app_id) else {
         return;
     };
     let target = match Target::parse(&url) {
@@ -193,7 +193,7 @@ async fn sender(
         loop {
             match post(&target, body.clone(), &app.settings.key, &signature).await {
                 Ok(status) if (200..300).contains(&status) => {
-                    Metrics::inc(&node.metrics.webhooks_sent);
+                    Metrics::inc(&node.metrics().webhooks_sent);
                     break;
                 }
                 result => {
@@ -202,7 +202,7 @@ async fn sender(
                         Err(e) => e,
                     };
                     if started.elapsed() + backoff > RETRY_WINDOW {
-                        Metrics::inc(&node.metrics.webhooks_failed);
+                        Metrics::inc(&node.metrics().webhooks_failed);
                         warn!(app = %app_id, host = %target.authority, reason = %why, "webhook given up after retrying");
                         break;
                     }

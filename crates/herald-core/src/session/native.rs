@@ -1,7 +1,6 @@
 //! The native protocol's request handling: parse a client message, perform it on the
 //! [`Session`], and queue the reply. See `herald_protocol::native` for the message format.
 
-use bytes::Bytes;
 use herald_protocol::native::{
     ConnectedData, Envelope, ErrorData, MessageType, PresenceMember, PresenceSync, Request,
     parse_client_message,
@@ -29,11 +28,6 @@ pub(super) fn connected(session: &Session, transport_session: Option<&str>) -> V
     };
     let data = serde_json::to_vec(&data).expect("ConnectedData serialises");
     reply(session, MessageType::Connected, None, None, &data, None)
-}
-
-/// A server `ping`.
-pub(super) fn ping(session: &Session) -> Bytes {
-    Bytes::from(reply(session, MessageType::Ping, None, None, b"null", None))
 }
 
 /// Handle one native message.

@@ -1,7 +1,6 @@
 //! The Pusher protocol's request handling: parse a client message, perform it on the
 //! [`Session`], and queue the reply in Pusher's format. See `herald_protocol::pusher`.
 
-use bytes::Bytes;
 use herald_protocol::pusher::{
     ClientMessage, SigninData, SubscribeData, UnsubscribeData, encode, parse_client_message,
     parse_data,
@@ -28,11 +27,6 @@ pub(super) fn connected(session: &Session) -> Vec<u8> {
         Some(&data.to_string()),
         None,
     )
-}
-
-/// `pusher:ping`, the server's heartbeat.
-pub(super) fn ping() -> Bytes {
-    Bytes::from_static(br#"{"event":"pusher:ping","data":"{}"}"#)
 }
 
 /// Handle one Pusher message.

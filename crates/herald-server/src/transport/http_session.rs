@@ -220,18 +220,22 @@ pub fn parse_positions(text: &str) -> Vec<(String, StreamPosition)> {
         .collect()
 }
 
-/// Record `position` for `channel` in `positions`. Returns whether anything changed.
+/// Record `position` for `channel` in `positions`. Returns whether anything changed. At most
+/// [`super::MAX_RESUME_CHANNELS`] channels are kept (a connection holds fewer subscriptions
+/// than that; positions of channels it left are removed by the caller).
 pub fn update_position(
     positions: &mut Vec<(String, StreamPosition)>,
     channel: String,
     position: StreamPosition,
 ) -> bool {
+    let full = positions.len() >= super::MAX_RESUME_CHANNELS;
     match positions.iter_mut().find(|(c, _)| *c == channel) {
         Some((_, p)) if *p == position => false,
         Some((_, p)) => {
             *p = position;
             true
         }
+        None if full => false,
         None => {
             positions.push((channel, position));
             true

@@ -33,6 +33,7 @@ use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
+use super::commands::Commands;
 use super::http_session::{self, HttpSession, parse_positions};
 use crate::http::{Body, fail, json as json_response, query_param};
 use crate::server::Shared;
@@ -113,7 +114,7 @@ pub async fn open(
     let shared2 = shared.clone();
     let id2 = id.clone();
     shared.tracker.spawn(async move {
-        run(&shared2, session, command_rx, &state, channels, resume).await;
+        run(&shared2, session, command_rx, state, channels, resume).await;
         // Keep the ended session long enough for a poll to read why it ended.
         let linger = shared2.config.long_poll.poll_timeout;
         tokio::select! {
@@ -265,92 +266,54 @@ async fn run(
     shared: &Arc<Shared>,
     mut session: Session,
     mut commands: mpsc::Receiver<Bytes>,
-    state: &PollState,
+    state: Arc<PollState>,
     channels: Vec<String>,
     resume: Vec<(String, herald_protocol::native::StreamPosition)>,
 ) {
     let handle = session.handle().clone();
-    let metrics = session.node().metrics.clone();
-    let max_messages = shared.config.long_poll.max_buffered_messages;
-    let max_bytes = shared.config.limits.max_queue_bytes;
+    let node = session.node().clone();
     let session_timeout = shared.config.long_poll.session_timeout;
+    let bounds = (
+        shared.config.long_poll.max_buffered_messages,
+        shared.config.limits.max_queue_bytes,
+    );
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut batch = VecDeque::new();
     // A replay must fit in half the buffer, or it would overflow it and ask for a resync
     // that replays again.
-    session.limit_recovery(max_messages / 2, max_bytes / 2);
-    if let Err(code) = http_session::subscribe_initial(&mut session, &channels, &resume).await {
-        handle.close(code);
-    }
+    session.limit_recovery(bounds.0 / 2, bounds.1 / 2);
+    // Like every command, the initial subscriptions run beside the writer.
+    let mut running = Commands::new(session);
+    running.run(move |mut session| async move {
+        let outcome = http_session::subscribe_initial(&mut session, &channels, &resume).await;
+        (session, outcome)
+    });
+    // Set when the buffer overflowed: the resync runs as soon as no command does.
+    let mut resync_due = false;
     let ended = 'serve: loop {
         handle.take_into(&mut batch);
         if !batch.is_empty() {
-            let mut overflow = false;
-            let mut closed = None;
-            let mut delivered = 0u64;
-            {
-                let mut inner = state.inner.lock();
-                while let Some(item) = batch.pop_front() {
-                    match item {
-                        OutItem::Message { bytes, .. } => {
-                            if overflow {
-                                continue;
-                            }
-                            if inner.messages.len() >= max_messages
-                                || inner.bytes + bytes.len() > max_bytes
-                            {
-                                // Drop what the client has not taken; it recovers it.
-                                inner.messages.clear();
-                                inner.bytes = 0;
-                                overflow = true;
-                                continue;
-                            }
-                            inner.last_seq += 1;
-                            inner.bytes += bytes.len();
-                            let seq = inner.last_seq;
-                            inner.messages.push_back((seq, bytes));
-                            delivered += 1;
-                        }
-                        OutItem::Ping | OutItem::Pong(_) => {}
-                        OutItem::Close(code) => {
-                            closed = Some(code);
-                            break;
-                        }
-                    }
-                }
-                if let Some(code) = closed {
-                    inner.closed = Some(code);
-                }
-            }
-            metrics
-                .messages_delivered
-                .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
-            if overflow {
-                let dropped: Vec<String> = session
-                    .channels()
-                    .into_iter()
-                    .map(|c| c.as_str().to_owned())
-                    .collect();
-                for channel in &dropped {
-                    let _ = Box::pin(session.unsubscribe(channel)).await;
-                }
-                // The unsubscribe replies follow in the buffer; the resync tells the client
-                // to subscribe again with `since`.
-                state.inner.lock().resync = Some(dropped);
-            }
+            let buffered = buffer(&state, &mut batch, bounds, node.metrics());
+            resync_due |= buffered.overflowed;
             state.notify.notify_waiters();
-            if let Some(code) = closed {
+            if let Some(code) = buffered.closed {
                 break 'serve code;
             }
         }
+        if resync_due && !running.is_busy() {
+            resync_due = false;
+            let state = state.clone();
+            running.run(move |session| resync(session, state));
+        }
         tokio::select! {
             () = handle.notified() => {}
-            command = commands.recv() => match command {
-                Some(text) => {
-                    if let Err(code) = Box::pin(session.handle_text(&text)).await {
-                        handle.close(code);
-                    }
+            outcome = running.finished(), if running.is_busy() => {
+                if let Err(code) = outcome {
+                    handle.close(code);
                 }
+            }
+            command = commands.recv(), if !running.is_busy() => match command {
+                Some(text) => running.handle_texts(vec![text]),
                 None => break 'serve CloseCode::Normal,
             },
             _ = tick.tick() => {
@@ -362,12 +325,85 @@ async fn run(
                     handle.close(CloseCode::ActivityTimeout);
                 } else {
                     // A client that keeps polling is alive, whatever it sends.
-                    session.touch();
+                    handle.touch(node.now_ms());
                 }
             }
         }
     };
     state.inner.lock().closed.get_or_insert(ended);
     state.notify.notify_waiters();
-    Box::pin(session.close()).await;
+    Box::pin(async { running.into_session().await.close().await }).await;
+}
+
+/// What moving a batch into the poll buffer did.
+struct Buffered {
+    /// The buffer overflowed: what the client had not taken was dropped.
+    overflowed: bool,
+    /// The batch ended the session with this code.
+    closed: Option<CloseCode>,
+}
+
+/// Move the queued items into the poll buffer, within its bounds (`max_messages`,
+/// `max_bytes`); on overflow drop what the client has not taken (it recovers it).
+fn buffer(
+    state: &PollState,
+    batch: &mut VecDeque<OutItem>,
+    (max_messages, max_bytes): (usize, usize),
+    metrics: &herald_core::Metrics,
+) -> Buffered {
+    let mut overflowed = false;
+    let mut closed = None;
+    let mut delivered = 0u64;
+    let mut inner = state.inner.lock();
+    while let Some(item) = batch.pop_front() {
+        match item {
+            OutItem::Message { bytes, .. } => {
+                if overflowed {
+                    continue;
+                }
+                if inner.messages.len() >= max_messages || inner.bytes + bytes.len() > max_bytes {
+                    inner.messages.clear();
+                    inner.bytes = 0;
+                    overflowed = true;
+                    continue;
+                }
+                inner.last_seq += 1;
+                inner.bytes += bytes.len();
+                let seq = inner.last_seq;
+                inner.messages.push_back((seq, bytes));
+                delivered += 1;
+            }
+            OutItem::Pong(_) => {}
+            OutItem::Close(code) => {
+                closed = Some(code);
+                break;
+            }
+        }
+    }
+    batch.clear();
+    if let Some(code) = closed {
+        inner.closed = Some(code);
+    }
+    drop(inner);
+    metrics
+        .messages_delivered
+        .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
+    Buffered { overflowed, closed }
+}
+
+/// After an overflow: unsubscribe every channel (their unsubscribe replies follow in the
+/// buffer) and tell the next poll to resync them, so the client subscribes again with
+/// `since` and recovers what was dropped from history.
+async fn resync(mut session: Session, state: Arc<PollState>) -> (Session, Result<(), CloseCode>) {
+    let dropped: Vec<String> = session
+        .channels()
+        .into_iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    for channel in &dropped {
+        let _ = session.unsubscribe(channel).await;
+    }
+    state.inner.lock().resync = Some(dropped);
+    state.notify.notify_waiters();
+    (session, Ok(()))
 }

@@ -25,13 +25,14 @@ use bytes::Bytes;
 use herald_core::metrics::{LocalHistogram, Metrics};
 use herald_core::{OutItem, Session};
 use herald_protocol::CloseCode;
-use herald_protocol::native::{StreamPosition, message_position};
+use herald_protocol::native::{StreamChange, StreamPosition, stream_change};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::commands::Commands;
 use super::http_session::{
     self, HttpSession, close_notice, format_positions, parse_positions, update_position,
 };
@@ -129,14 +130,14 @@ async fn send(tx: &mpsc::Sender<Chunk>, chunk: Vec<u8>, shared: &Shared) -> Resu
 
 async fn run(
     shared: &Arc<Shared>,
-    mut session: Session,
+    session: Session,
     mut commands: mpsc::Receiver<Bytes>,
     tx: mpsc::Sender<Chunk>,
     channels: Vec<String>,
     resume: Vec<(String, StreamPosition)>,
 ) {
     let handle = session.handle().clone();
-    let metrics = session.node().metrics.clone();
+    let node = session.node().clone();
     let mut positions: Vec<(String, StreamPosition)> = Vec::new();
     let mut batch = VecDeque::new();
     let mut heartbeat = tokio::time::interval_at(
@@ -144,57 +145,29 @@ async fn run(
         shared.config.sse.heartbeat_interval,
     );
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // The connected message goes out before the initial subscriptions are handled.
+    // The connected message goes out while the initial subscriptions are handled: like every
+    // command, they run beside the writer.
+    let mut running = Commands::new(session);
+    running.run(move |mut session| async move {
+        let outcome = http_session::subscribe_initial(&mut session, &channels, &resume).await;
+        (session, outcome)
+    });
     let mut ended: Option<CloseCode> = None;
-    if let Err(code) = http_session::subscribe_initial(&mut session, &channels, &resume).await {
-        handle.close(code);
-    }
     'serve: loop {
-        // Write everything queued.
         handle.take_into(&mut batch);
         if !batch.is_empty() {
-            let mut out = Vec::new();
-            let mut delivered = 0u64;
-            let mut latency = LocalHistogram::default();
-            let now = Instant::now();
-            while let Some(item) = batch.pop_front() {
-                match item {
-                    OutItem::Message {
-                        bytes,
-                        published_at,
-                    } => {
-                        if let Some(at) = published_at {
-                            latency.observe(now.saturating_duration_since(at));
-                        }
-                        let changed = match message_position(&bytes) {
-                            Some((channel, pos)) => update_position(&mut positions, channel, pos),
-                            None => false,
-                        };
-                        let id = changed.then(|| format_positions(&positions));
-                        write_event(&mut out, id.as_deref(), None, &bytes);
-                        delivered += 1;
-                    }
-                    OutItem::Ping => out.extend_from_slice(b": ping\n\n"),
-                    OutItem::Pong(_) => {}
-                    OutItem::Close(code) => {
-                        write_event(&mut out, None, Some("close"), &close_notice(code));
-                        ended = Some(code);
-                        break;
-                    }
-                }
-            }
+            let (out, closed) = events(&mut batch, &mut positions, node.metrics());
+            ended = closed;
             if !out.is_empty() {
                 if let Err(code) = send(&tx, out, shared).await {
+                    if code == CloseCode::SlowConsumer {
+                        handle.close_slow_consumer(node.metrics());
+                    }
                     ended.get_or_insert(code);
                     break 'serve;
                 }
                 // The client is reading: it is alive, whatever it sends.
-                session.touch();
-                metrics
-                    .messages_delivered
-                    .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
-                Metrics::inc(&metrics.socket_writes);
-                metrics.publish_to_write.merge(&latency);
+                handle.touch(node.now_ms());
             }
             if ended.is_some() {
                 break 'serve;
@@ -202,12 +175,13 @@ async fn run(
         }
         tokio::select! {
             () = handle.notified() => {}
-            command = commands.recv() => match command {
-                Some(text) => {
-                    if let Err(code) = Box::pin(session.handle_text(&text)).await {
-                        handle.close(code);
-                    }
+            outcome = running.finished(), if running.is_busy() => {
+                if let Err(code) = outcome {
+                    handle.close(code);
                 }
+            }
+            command = commands.recv(), if !running.is_busy() => match command {
+                Some(text) => running.handle_texts(vec![text]),
                 None => break 'serve,
             },
             () = tx.closed() => break 'serve,
@@ -216,12 +190,68 @@ async fn run(
                     ended = Some(code);
                     break 'serve;
                 }
-                session.touch();
+                handle.touch(node.now_ms());
             }
         }
     }
     if let Some(code) = ended {
         tracing::debug!(socket_id = %handle.socket_id, %code, "sse stream ended");
     }
-    Box::pin(session.close()).await;
+    Box::pin(async { running.into_session().await.close().await }).await;
+}
+
+/// Turn the queued items into SSE text: one event per message (with `id:` when a channel's
+/// position changed), and a last `close` event. Returns the text and the close code, if the
+/// batch ends the stream. Records latency and deliveries.
+fn events(
+    batch: &mut VecDeque<OutItem>,
+    positions: &mut Vec<(String, StreamPosition)>,
+    metrics: &Metrics,
+) -> (Vec<u8>, Option<CloseCode>) {
+    let mut out = Vec::new();
+    let mut delivered = 0u64;
+    let mut latency = LocalHistogram::default();
+    let now = Instant::now();
+    let mut closed = None;
+    while let Some(item) = batch.pop_front() {
+        match item {
+            OutItem::Message {
+                bytes,
+                published_at,
+            } => {
+                if let Some(at) = published_at {
+                    latency.observe(now.saturating_duration_since(at));
+                }
+                let changed = match stream_change(&bytes) {
+                    Some(StreamChange::Position(channel, pos)) => {
+                        update_position(positions, channel, pos)
+                    }
+                    Some(StreamChange::Left(channel)) => {
+                        let before = positions.len();
+                        positions.retain(|(c, _)| *c != channel);
+                        positions.len() != before
+                    }
+                    None => false,
+                };
+                let id = changed.then(|| format_positions(positions));
+                write_event(&mut out, id.as_deref(), None, &bytes);
+                delivered += 1;
+            }
+            OutItem::Pong(_) => {}
+            OutItem::Close(code) => {
+                write_event(&mut out, None, Some("close"), &close_notice(code));
+                closed = Some(code);
+                break;
+            }
+        }
+    }
+    batch.clear();
+    metrics
+        .messages_delivered
+        .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
+    if delivered > 0 {
+        Metrics::inc(&metrics.socket_writes);
+    }
+    metrics.publish_to_write.merge(&latency);
+    (out, closed)
 }

@@ -1,17 +1,28 @@
 //! The WebSocket transport: the upgrade handshake and the one task that moves a connection's
 //! bytes in both directions.
 //!
-//! The task owns the socket and the [`Session`]. It waits for either of two things:
-//! - **bytes from the client**: decoded into messages with `herald_protocol::websocket`, text
-//!   messages go to [`Session::handle_text`], pings are answered, a close is echoed;
+//! The task owns the socket, and the [`herald_core::Session`] through [`Commands`]. It waits for any of
+//! three things, and none of them waits for another:
 //! - **a wake-up from the outbound queue**: it takes everything queued and writes it in one
 //!   vectored write (frame headers built on the stack, payloads shared with every other
 //!   subscriber), records latency for the publications in it, and repeats until the queue is
-//!   empty.
+//!   empty;
+//! - **bytes from the client** (while no command runs): decoded with
+//!   `herald_protocol::websocket`; pings are answered, a close is echoed, and text messages
+//!   are handed to the session as one command;
+//! - **the end of a command**: the session comes back, and any further buffered messages
+//!   are handed over.
+//!
+//! Writing never waits for command handling: a subscribe that waits on a backend delays
+//! nothing already queued for the connection.
 //!
 //! An idle connection holds no buffer: reads go through a stack buffer and only the bytes of
-//! an incomplete frame are kept. A write that stalls past `write_timeout`, or a queue that
-//! overflows while a write is stalled, ends the connection as a slow consumer (4101).
+//! an incomplete frame are kept, for at most `incomplete_message_timeout` (4202 after). A
+//! write that stalls past `write_timeout` ends the connection as a slow consumer. When the
+//! queue overflows during a write, the write stops at the end of the frame it is in, and the
+//! client gets the 4101 close frame if its socket still takes bytes. Either way the session
+//! is released (its channels, presence and connection slot) before the socket's last bytes
+//! are attempted, so a slow client never lingers in the counts.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -23,7 +34,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use herald_core::metrics::{LocalHistogram, Metrics};
-use herald_core::{OutItem, Session, SessionHandle};
+use herald_core::{Node, OutItem, PushOutcome, SessionHandle};
 use herald_protocol::CloseCode;
 use herald_protocol::websocket::{
     Decoder, FrameHeader, Message, OpCode, Role, close_payload, encode_frame,
@@ -32,6 +43,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::commands::Commands;
+
 /// Transport settings, from the node limits.
 #[derive(Debug, Clone, Copy)]
 pub struct WsOptions {
@@ -39,36 +52,55 @@ pub struct WsOptions {
     pub max_message_size: usize,
     /// A write making no progress for this long ends the connection (4101).
     pub write_timeout: Duration,
+    /// A message the client began must be complete within this (4202 after).
+    pub incomplete_message_timeout: Duration,
 }
 
 /// Most frames written by one vectored write (two slices each, under the usual IOV_MAX).
 const FRAMES_PER_WRITE: usize = 128;
 /// Size of the stack buffer reads go through.
 const READ_CHUNK: usize = 8192;
-/// How long a close frame may take to write before the socket is just dropped.
+/// How long the last bytes (a close frame) may take to write before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the connection has received and not yet handled.
+struct Input {
+    /// Turns bytes into messages; holds a fragmented message's first parts.
+    decoder: Decoder,
+    /// Bytes of an incomplete frame (empty, with no allocation, when there is none).
+    bytes: BytesMut,
+    /// Since when a frame or fragmented message has been incomplete.
+    incomplete_since: Option<Instant>,
+}
 
 /// Serve one upgraded connection until it closes. `prefix` holds bytes the HTTP layer read
 /// past the handshake (usually none).
-pub async fn serve<IO>(mut io: IO, prefix: Bytes, mut session: Session, opts: WsOptions)
+///
+/// The session comes inside its command runner ([`Commands::new`]), so its bytes are stored
+/// once in the connection's task.
+pub async fn serve<IO>(mut io: IO, prefix: Bytes, mut commands: Commands, opts: WsOptions)
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let handle = session.handle().clone();
-    let metrics = session.node().metrics.clone();
-    let mut decoder = Decoder::new(Role::Server, opts.max_message_size);
+    let Some((handle, node)) = commands
+        .idle()
+        .map(|s| (s.handle().clone(), s.node().clone()))
+    else {
+        return;
+    };
     // Copy the (rare) leftover bytes and drop `prefix`: it may pin hyper's whole read
     // buffer for the life of the connection.
-    let mut input = BytesMut::from(&prefix[..]);
+    let mut input = Input {
+        decoder: Decoder::new(Role::Server, opts.max_message_size),
+        bytes: BytesMut::from(&prefix[..]),
+        incomplete_since: None,
+    };
     drop(prefix);
     let mut batch = VecDeque::new();
     // True once a close is queued: stop reading, finish writing.
-    let mut closing = false;
-
-    if !input.is_empty() {
-        closing = process_input(&mut session, &mut decoder, &mut input, &handle).await;
-    }
-    loop {
+    let mut closing =
+        !input.bytes.is_empty() && dispatch(&mut input, &handle, &node, &mut commands, opts);
+    let farewell = loop {
         tokio::select! {
             biased;
             () = handle.notified() => {
@@ -79,83 +111,133 @@ where
                 // Boxed: the write path's state (write futures, a timeout) exists only while
                 // writing; inline, it would sit in every idle connection. One allocation per
                 // wake-up is noise next to the write syscall it accompanies.
-                let drain = drain_queue(&mut io, &handle, &session, &mut batch, &metrics, opts);
+                let drain = drain_queue(&mut io, &handle, &mut batch, node.metrics(), opts);
                 match Box::pin(drain).await {
                     Drained::Open => {}
-                    Drained::Closed => break,
+                    Drained::Closed(farewell) => break farewell,
                 }
             }
-            read = read_some(&mut io, &mut input), if !closing => {
+            outcome = commands.finished(), if commands.is_busy() => {
+                if let Err(code) = outcome {
+                    handle.close(code);
+                    closing = true;
+                } else if !closing {
+                    closing = dispatch(&mut input, &handle, &node, &mut commands, opts);
+                }
+            }
+            read = read_some(&mut io, &mut input.bytes), if !closing && !commands.is_busy() => {
                 match read {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => break None,
                     Ok(_) => {
-                        closing = process_input(&mut session, &mut decoder, &mut input, &handle).await;
-                        if input.is_empty() {
+                        closing = dispatch(&mut input, &handle, &node, &mut commands, opts);
+                        if input.bytes.is_empty() {
                             // Release the buffer: an idle connection holds nothing.
-                            input = BytesMut::new();
+                            input.bytes = BytesMut::new();
                         }
                     }
                 }
             }
         }
-    }
-    // Boxed for the same reason as requests: it runs once, at the end.
-    Box::pin(session.close()).await;
+    };
+    // Release the session first (channels, presence, the connection's slot), then try the
+    // socket's last bytes. Boxed: this runs once, at the end.
+    Box::pin(async {
+        commands.into_session().await.close().await;
+        if let Some(bytes) = farewell {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_last(&mut io, &bytes)).await;
+        }
+    })
+    .await;
 }
 
-/// Decode and handle every complete message in `input`. Returns true if the connection
-/// is now closing.
-async fn process_input(
-    session: &mut Session,
-    decoder: &mut Decoder,
-    input: &mut BytesMut,
+/// Decode every complete message in `input`: answer pings, note pongs, start a close, and
+/// hand text messages to the session as one command. Returns true if the connection is now
+/// closing.
+fn dispatch(
+    input: &mut Input,
     handle: &SessionHandle,
+    node: &Node,
+    commands: &mut Commands,
+    opts: WsOptions,
 ) -> bool {
-    loop {
-        match decoder.decode(input) {
-            Ok(None) => return false,
-            Ok(Some(Message::Text(text))) => {
-                // Boxed: a request's state (a subscribe awaits presence and the broker) is
-                // large and short-lived; inline, every idle connection would carry its size.
-                if let Err(code) = Box::pin(session.handle_text(&text)).await {
-                    handle.close(code);
-                    return true;
-                }
-            }
+    let mut texts = Vec::new();
+    let closing = loop {
+        match input.decoder.decode(&mut input.bytes) {
+            Ok(None) => break false,
+            Ok(Some(Message::Text(text))) => texts.push(text),
             Ok(Some(Message::Binary(_))) => {
-                session.touch();
+                handle.touch(node.now_ms());
                 handle.close(CloseCode::UnsupportedData);
-                return true;
+                break true;
             }
             Ok(Some(Message::Ping(payload))) => {
-                session.touch();
-                handle.push_control(OutItem::Pong(payload));
+                handle.touch(node.now_ms());
+                let pong = OutItem::Pong(payload);
+                if handle.push_control(pong, node.metrics()) == PushOutcome::SlowConsumer {
+                    break true;
+                }
             }
-            Ok(Some(Message::Pong(_))) => session.touch(),
+            Ok(Some(Message::Pong(_))) => handle.touch(node.now_ms()),
             Ok(Some(Message::Close(_))) => {
                 handle.close(CloseCode::Normal);
-                return true;
+                break true;
             }
             Err(violation) => {
                 debug!(socket_id = %handle.socket_id, %violation, "websocket violation");
                 handle.close(violation.code);
-                return true;
+                break true;
             }
         }
+    };
+    if !texts.is_empty() {
+        commands.handle_texts(texts);
     }
+    closing || incomplete_for_too_long(input, handle, opts)
 }
 
-/// Whether the connection survives a drain.
+/// Whether a message the client began has stayed incomplete past its time (and if so, close
+/// with 4202). Checked whenever bytes arrive: a client that sends nothing is closed by the
+/// activity timeout instead.
+fn incomplete_for_too_long(input: &mut Input, handle: &SessionHandle, opts: WsOptions) -> bool {
+    if input.bytes.is_empty() && !input.decoder.in_message() {
+        input.incomplete_since = None;
+        return false;
+    }
+    let since = *input.incomplete_since.get_or_insert_with(Instant::now);
+    if since.elapsed() < opts.incomplete_message_timeout {
+        return false;
+    }
+    debug!(socket_id = %handle.socket_id, "message not completed in time");
+    handle.close(CloseCode::IncompleteMessage);
+    true
+}
+
+/// Whether the connection survives a drain, and if not, the last bytes to try.
 enum Drained {
+    /// Everything queued was written.
     Open,
-    Closed,
+    /// The connection ends; write these bytes (the rest of a frame, a close frame) if the
+    /// socket takes them.
+    Closed(Option<Vec<u8>>),
 }
 
-/// Write everything queued, repeatedly, until the queue is empty or a close was written.
+/// How writing one batch went.
+enum Written {
+    /// Everything up to the batch's close (if any) was written.
+    All(Option<CloseCode>),
+    /// The queue overflowed during the write, which stopped: these are the unwritten
+    /// bytes of the frame it was in.
+    Cut(Vec<u8>),
+    /// No progress within `write_timeout`.
+    TimedOut,
+    /// The socket failed.
+    Failed,
+}
+
+/// Write everything queued, repeatedly, until the queue is empty or the connection ends.
 async fn drain_queue<IO>(
     io: &mut IO,
     handle: &SessionHandle,
-    session: &Session,
     batch: &mut VecDeque<OutItem>,
     metrics: &Metrics,
     opts: WsOptions,
@@ -163,6 +245,17 @@ async fn drain_queue<IO>(
 where
     IO: AsyncWrite + Unpin,
 {
+    let close_frame = |code: CloseCode| {
+        let (number, reason) = handle.protocol.close_frame(code);
+        let mut frame = Vec::with_capacity(130);
+        encode_frame(
+            &mut frame,
+            OpCode::Close,
+            &close_payload(number, reason),
+            None,
+        );
+        frame
+    };
     loop {
         handle.take_into(batch);
         if batch.is_empty() {
@@ -170,27 +263,24 @@ where
             *batch = VecDeque::new();
             return Drained::Open;
         }
-        // If the queue overflows during this write, the producers have already discarded it
-        // and queued a close (4101), which is written as soon as this batch is out.
-        let written =
-            tokio::time::timeout(opts.write_timeout, write_batch(io, batch, session, metrics))
-                .await;
-        let Ok(close) = written else {
-            // The client has not taken this batch within write_timeout. Nothing more can be
-            // written (not even a close frame, mid-frame), so drop the socket.
-            Metrics::inc(&metrics.slow_consumer_disconnects);
-            debug!(socket_id = %handle.socket_id, "write timed out: slow consumer");
-            return Drained::Closed;
-        };
+        let written = write_batch(io, handle, batch, metrics, opts.write_timeout).await;
         batch.clear();
-        match close {
-            Ok(None) => continue,
-            Ok(Some(code)) => {
-                let (number, reason) = session.handle().protocol.close_frame(code);
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_close(io, number, reason)).await;
-                return Drained::Closed;
+        match written {
+            Written::All(None) => continue,
+            Written::All(Some(code)) => return Drained::Closed(Some(close_frame(code))),
+            Written::Cut(mut rest) => {
+                debug!(socket_id = %handle.socket_id, "queue overflowed during a write: slow consumer");
+                rest.extend_from_slice(&close_frame(CloseCode::SlowConsumer));
+                return Drained::Closed(Some(rest));
             }
-            Err(_) => return Drained::Closed,
+            Written::TimedOut => {
+                // The client took nothing within write_timeout. Nothing more can be written
+                // (not even a close frame, mid-frame), so drop the socket.
+                handle.close_slow_consumer(metrics);
+                debug!(socket_id = %handle.socket_id, "write timed out: slow consumer");
+                return Drained::Closed(None);
+            }
+            Written::Failed => return Drained::Closed(None),
         }
     }
 }
@@ -198,103 +288,150 @@ where
 /// Write the items of `batch` in order, up to a `Close`, which is returned (not written).
 async fn write_batch<IO>(
     io: &mut IO,
+    handle: &SessionHandle,
     batch: &VecDeque<OutItem>,
-    session: &Session,
     metrics: &Metrics,
-) -> io::Result<Option<CloseCode>>
+    write_timeout: Duration,
+) -> Written
 where
     IO: AsyncWrite + Unpin,
 {
     let now = Instant::now();
+    let deadline = now + write_timeout;
     let mut latency = LocalHistogram::default();
     let mut delivered = 0u64;
     let mut close = None;
-    // Frames whose payload is produced here (pings) live in this vector during the write.
-    let mut owned: Vec<Bytes> = Vec::new();
     let mut frames: Vec<(FrameHeader, &[u8])> =
         Vec::with_capacity(batch.len().min(FRAMES_PER_WRITE));
     for item in batch {
-        match item {
+        let (opcode, payload): (OpCode, &[u8]) = match item {
             OutItem::Message {
-                bytes: _,
+                bytes,
                 published_at,
             } => {
                 if let Some(at) = published_at {
                     latency.observe(now.saturating_duration_since(*at));
                 }
                 delivered += 1;
+                (OpCode::Text, bytes)
             }
-            OutItem::Ping => owned.push(session.encode_ping()),
-            OutItem::Pong(_) => {}
+            OutItem::Pong(p) => (OpCode::Pong, p),
             OutItem::Close(code) => {
                 close = Some(*code);
                 break;
             }
-        }
-    }
-    let mut owned_iter = owned.iter();
-    for item in batch {
-        let (opcode, payload): (OpCode, &[u8]) = match item {
-            OutItem::Message { bytes, .. } => (OpCode::Text, bytes),
-            OutItem::Ping => match owned_iter.next() {
-                Some(b) => (OpCode::Text, b),
-                None => continue,
-            },
-            OutItem::Pong(p) => (OpCode::Pong, p),
-            OutItem::Close(_) => break,
         };
         frames.push((FrameHeader::new(opcode, payload.len(), None), payload));
         if frames.len() == FRAMES_PER_WRITE {
-            write_frames(io, &frames).await?;
+            if let Some(stop) = write_frames(io, handle, &frames, deadline).await {
+                return stop;
+            }
             frames.clear();
         }
     }
-    if !frames.is_empty() {
-        write_frames(io, &frames).await?;
+    if !frames.is_empty()
+        && let Some(stop) = write_frames(io, handle, &frames, deadline).await
+    {
+        return stop;
     }
-    io.flush().await?;
+    match tokio::time::timeout_at(deadline, io.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Written::Failed,
+        Err(_) => return Written::TimedOut,
+    }
     metrics
         .messages_delivered
         .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
     Metrics::inc(&metrics.socket_writes);
     metrics.publish_to_write.merge(&latency);
-    Ok(close)
+    Written::All(close)
 }
 
-/// Write frames with one vectored write where the stream supports it, else one copy.
-async fn write_frames<IO>(io: &mut IO, frames: &[(FrameHeader, &[u8])]) -> io::Result<()>
+/// Write frames with vectored writes where the stream supports them (else one copy), by
+/// `deadline`; stop at the end of the current frame if the queue overflows meanwhile.
+/// `None` when all were written.
+async fn write_frames<IO>(
+    io: &mut IO,
+    handle: &SessionHandle,
+    frames: &[(FrameHeader, &[u8])],
+    deadline: Instant,
+) -> Option<Written>
 where
     IO: AsyncWrite + Unpin,
 {
-    if io.is_write_vectored() {
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
+    let owned;
+    let mut slices: Vec<IoSlice<'_>> = if io.is_write_vectored() {
+        let mut slices = Vec::with_capacity(frames.len() * 2);
         for (header, payload) in frames {
             slices.push(IoSlice::new(header.as_bytes()));
             if !payload.is_empty() {
                 slices.push(IoSlice::new(payload));
             }
         }
-        let mut slices = &mut slices[..];
-        while !slices.is_empty() {
-            let n = io.write_vectored(slices).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut slices, n);
-        }
-        Ok(())
+        slices
     } else {
-        let total: usize = frames
-            .iter()
-            .map(|(h, p)| h.as_bytes().len() + p.len())
-            .sum();
-        let mut buf = Vec::with_capacity(total);
+        let mut buf = Vec::new();
         for (header, payload) in frames {
             buf.extend_from_slice(header.as_bytes());
             buf.extend_from_slice(payload);
         }
-        io.write_all(&buf).await
+        owned = buf;
+        vec![IoSlice::new(&owned)]
+    };
+    let mut remaining = &mut slices[..];
+    let mut written = 0usize;
+    while !remaining.is_empty() {
+        tokio::select! {
+            biased;
+            result = io.write_vectored(remaining) => match result {
+                Ok(0) | Err(_) => return Some(Written::Failed),
+                Ok(n) => {
+                    written += n;
+                    IoSlice::advance_slices(&mut remaining, n);
+                }
+            },
+            // The producers wake the writer when they overflow its queue; any other
+            // wake-up (more queued, a close) waits for this write to finish.
+            () = handle.notified() => {
+                if handle.closing() == Some(CloseCode::SlowConsumer) {
+                    return Some(Written::Cut(rest_of_frame(frames, written)));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return Some(Written::TimedOut),
+        }
     }
+    None
+}
+
+/// The unwritten bytes of the frame in which the first `written` bytes of `frames` end
+/// (empty at a frame boundary).
+fn rest_of_frame(frames: &[(FrameHeader, &[u8])], written: usize) -> Vec<u8> {
+    let mut start = 0;
+    for (header, payload) in frames {
+        let len = header.as_bytes().len() + payload.len();
+        if written < start + len {
+            let offset = written - start;
+            if offset == 0 {
+                return Vec::new();
+            }
+            let mut frame = Vec::with_capacity(len);
+            frame.extend_from_slice(header.as_bytes());
+            frame.extend_from_slice(payload);
+            return frame.split_off(offset);
+        }
+        start += len;
+    }
+    Vec::new()
+}
+
+/// Write the connection's last bytes and shut the write side down.
+async fn write_last<IO>(io: &mut IO, bytes: &[u8]) -> io::Result<()>
+where
+    IO: AsyncWrite + Unpin,
+{
+    io.write_all(bytes).await?;
+    io.flush().await?;
+    io.shutdown().await
 }
 
 /// Write a close frame and shut the write side down.
@@ -432,8 +569,9 @@ mod tests {
         let opts = WsOptions {
             max_message_size: 1024,
             write_timeout: Duration::from_secs(1),
+            incomplete_message_timeout: Duration::from_secs(1),
         };
-        let fut = serve(io, Bytes::new(), session, opts);
+        let fut = serve(io, Bytes::new(), Commands::new(session), opts);
         let size = std::mem::size_of_val(&fut);
         eprintln!("serve future: {size} bytes");
         assert!(
