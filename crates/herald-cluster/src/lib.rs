@@ -24,3 +24,6 @@ pub mod nats;
 pub mod postgres;
 pub mod redis;
 mod relay;
+mod shards;
+
+pub use relay::Paired;

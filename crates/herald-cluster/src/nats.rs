@@ -17,34 +17,28 @@
 //!   different nodes, and offsets may then arrive out of order (by the few milliseconds
 //!   between two nodes' appends). Use the Redis broker where cross-node order on one channel
 //!   matters; it orders everything in Redis.
-//! - **Atomicity:** a publication is appended to history before it is published. If the node
-//!   dies between the two (a window of microseconds), the publication is in history but was
-//!   not delivered live; clients that recover get it.
+//! - **Atomicity:** a publication is appended to history before it is published; when the
+//!   publish fails, the entry is withdrawn again. If the node dies between the two (a window
+//!   of microseconds), the publication is in history but was not delivered live; clients that
+//!   recover get it. The shared paired-broker rules (`relay.rs`) say exactly what holds.
 //! - **Outage:** `publish`, `control` and `subscribe` fail at once with
 //!   [`BrokerError::Unavailable`] while the NATS connection is down (async-nats would
 //!   otherwise buffer them silently); `health` is degraded until it is back.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_core::broker::{Broker, BrokerError, BrokerHandler, BrokerHealth, Control, Published};
-use herald_core::history::HistoryPolicy;
-use herald_core::publication::{Position, Publication};
+use herald_core::broker::BrokerError;
 use herald_protocol::ChannelName;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::redis::StreamLog;
-use crate::{envelope, relay};
-
-/// Shards of the per-channel locks.
-const LOCK_SHARDS: usize = 64;
+use crate::relay::{self, Bus, Paired, Shared, unavailable};
 
 /// How to reach NATS.
 #[derive(Debug, Clone)]
@@ -58,38 +52,17 @@ pub struct NatsSettings {
 }
 
 /// The NATS broker. See the module docs for its guarantees.
-pub struct NatsBroker {
-    inner: Arc<Inner>,
-}
+pub type NatsBroker = Paired<NatsBus>;
 
-impl std::fmt::Debug for NatsBroker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsBroker").finish_non_exhaustive()
-    }
-}
-
-struct Inner {
+/// The NATS side of a [`NatsBroker`]: the connection and the subjects. Made only by
+/// [`NatsBroker::new`].
+pub struct NatsBus {
+    /// Where NATS is, the subject prefix and the deadlines.
     settings: NatsSettings,
-    /// The history streams in Redis.
-    log: StreamLog,
     /// The NATS client, once connected the first time (it reconnects by itself).
     client: Mutex<Option<async_nats::Client>>,
-    /// Where deliveries go, set by `start`.
-    handler: OnceLock<Arc<dyn BrokerHandler>>,
-    /// One delivery task per subscribed channel (by subject).
-    channels: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-    /// Serialise subscribe/unsubscribe reconciles of a channel.
-    subscribe_locks: Box<[tokio::sync::Mutex<()>]>,
-    /// Serialise append-then-publish of a channel, so this node's order is offset order.
-    publish_locks: Box<[tokio::sync::Mutex<()>]>,
     /// Bumped at every reconnect: channel tasks then catch up from history.
     reconnects: watch::Sender<u64>,
-    /// `None` while connected; otherwise why not.
-    problem: Mutex<Option<String>>,
-}
-
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
 }
 
 /// A name as one subject token: `.` (the token separator) escaped as `%2E`. Channel names
@@ -98,54 +71,21 @@ fn token(name: &str) -> String {
     name.replace('.', "%2E")
 }
 
-pub(crate) fn shard<'a>(
-    locks: &'a [tokio::sync::Mutex<()>],
-    key: &str,
-) -> &'a tokio::sync::Mutex<()> {
-    let h = key
-        .bytes()
-        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-    &locks[h % locks.len()]
-}
-
 impl NatsBroker {
     /// A broker that connects to NATS on `start`, with history in `log`.
     pub fn new(settings: NatsSettings, log: StreamLog) -> Self {
-        let locks = || {
-            (0..LOCK_SHARDS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect()
-        };
-        Self {
-            inner: Arc::new(Inner {
+        Paired::with_bus(
+            NatsBus {
                 settings,
-                log,
                 client: Mutex::new(None),
-                handler: OnceLock::new(),
-                channels: Mutex::new(HashMap::new()),
-                subscribe_locks: locks(),
-                publish_locks: locks(),
                 reconnects: watch::channel(0).0,
-                problem: Mutex::new(Some("connecting to NATS".into())),
-            }),
-        }
+            },
+            log,
+        )
     }
 }
 
-impl Inner {
-    fn subject(&self, app_id: &str, channel: &str) -> String {
-        format!(
-            "{}.pub.{}.{}",
-            self.settings.prefix,
-            token(app_id),
-            token(channel)
-        )
-    }
-
-    fn control_subject(&self) -> String {
-        format!("{}.control", self.settings.prefix)
-    }
-
+impl NatsBus {
     /// The client, if connected now.
     fn connected(&self) -> Result<async_nats::Client, BrokerError> {
         let client = self
@@ -158,29 +98,49 @@ impl Inner {
         }
         Ok(client)
     }
+}
 
-    async fn reconcile(
-        self: &Arc<Self>,
+impl Bus for NatsBus {
+    /// The channel's delivery task (dropping its subscriber unsubscribes).
+    type Receiver = tokio::task::JoinHandle<()>;
+    const NAME: &'static str = "nats";
+    const SERVICE: &'static str = "NATS";
+    const BROKER: &'static str = "NatsBroker";
+
+    fn route(&self, app_id: &str, channel: &str) -> String {
+        format!(
+            "{}.pub.{}.{}",
+            self.settings.prefix,
+            token(app_id),
+            token(channel)
+        )
+    }
+
+    fn control_route(&self) -> String {
+        format!("{}.control", self.settings.prefix)
+    }
+
+    fn ready(&self) -> Result<(), BrokerError> {
+        self.connected().map(|_| ())
+    }
+
+    async fn send(&self, route: String, frame: Vec<u8>) -> Result<(), BrokerError> {
+        self.connected()?
+            .publish(route, Bytes::from(frame))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn receive(
+        shared: &Arc<Shared<Self>>,
+        route: &str,
         app_id: &str,
         channel: &ChannelName,
-    ) -> Result<(), BrokerError> {
-        let handler = self.handler.get().ok_or(BrokerError::Closed)?;
-        let subject = self.subject(app_id, channel.as_str());
-        let _guard = shard(&self.subscribe_locks, &subject).lock().await;
-        let want = handler.local_subscribers(app_id, channel) > 0;
-        let have = self.channels.lock().contains_key(&subject);
-        if want == have {
-            return Ok(());
-        }
-        if !want {
-            if let Some(task) = self.channels.lock().remove(&subject) {
-                task.abort(); // dropping its subscriber unsubscribes
-            }
-            return Ok(());
-        }
-        let client = self.connected()?;
-        let timeout = self.settings.timeout;
-        let subscriber = tokio::time::timeout(timeout, client.subscribe(subject.clone()))
+    ) -> Result<Self::Receiver, BrokerError> {
+        let bus = &shared.bus;
+        let client = bus.connected()?;
+        let timeout = bus.settings.timeout;
+        let subscriber = tokio::time::timeout(timeout, client.subscribe(route.to_owned()))
             .await
             .map_err(|_| unavailable("NATS subscribe timed out"))?
             .map_err(unavailable)?;
@@ -189,20 +149,26 @@ impl Inner {
             .await
             .map_err(|_| unavailable("NATS flush timed out"))?
             .map_err(unavailable)?;
-        let task = tokio::spawn(channel_task(
-            Arc::downgrade(self),
+        Ok(tokio::spawn(channel_task(
+            Arc::downgrade(shared),
             Arc::from(app_id),
             channel.clone(),
             subscriber,
-            self.reconnects.subscribe(),
-        ));
-        self.channels.lock().insert(subject, task);
-        Ok(())
+            bus.reconnects.subscribe(),
+        )))
+    }
+
+    async fn ignore(&self, _route: &str, task: Self::Receiver) {
+        task.abort(); // dropping its subscriber unsubscribes
+    }
+
+    async fn run(shared: Weak<Shared<Self>>) {
+        connect(shared).await;
     }
 }
 
 async fn channel_task(
-    inner: Weak<Inner>,
+    shared: Weak<Shared<NatsBus>>,
     app_id: Arc<str>,
     channel: ChannelName,
     mut subscriber: async_nats::Subscriber,
@@ -213,39 +179,63 @@ async fn channel_task(
         tokio::select! {
             msg = subscriber.next() => {
                 let Some(msg) = msg else { return };
-                let Some(inner) = inner.upgrade() else { return };
-                let Some(handler) = inner.handler.get() else { return };
+                let Some(shared) = shared.upgrade() else { return };
+                let Some(handler) = shared.handler.get() else { return };
                 relay::deliver(handler, &mut delivered, &msg.payload);
             }
             changed = reconnects.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let Some(inner) = inner.upgrade() else { return };
-                let Some(handler) = inner.handler.get().cloned() else { return };
-                relay::catch_up(&inner.log, &handler, &app_id, &channel, &mut delivered).await;
+                let Some(shared) = shared.upgrade() else { return };
+                let Some(handler) = shared.handler.get().cloned() else { return };
+                relay::catch_up(&shared.log, &handler, &app_id, &channel, &mut delivered).await;
             }
         }
     }
 }
 
-async fn control_task(inner: Weak<Inner>, mut subscriber: async_nats::Subscriber) {
+async fn control_task(shared: Weak<Shared<NatsBus>>, mut subscriber: async_nats::Subscriber) {
     while let Some(msg) = subscriber.next().await {
-        let Some(inner) = inner.upgrade() else { return };
-        let Some(handler) = inner.handler.get() else {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Some(handler) = shared.handler.get() else {
             return;
         };
         relay::deliver_control(handler, &msg.payload);
     }
 }
 
+/// What a connection event means: health, and a catch-up after a reconnect.
+async fn on_event(shared: Weak<Shared<NatsBus>>, event: async_nats::Event) {
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    match event {
+        async_nats::Event::Connected => {
+            let was_down = shared.problem.lock().take().is_some();
+            if was_down && shared.bus.client.lock().is_some() {
+                info!("NATS reconnected; catching up channels with history");
+                shared.bus.reconnects.send_modify(|n| *n += 1);
+            }
+        }
+        async_nats::Event::Disconnected => {
+            warn!("NATS connection lost; reconnecting");
+            *shared.problem.lock() = Some("NATS connection lost".into());
+        }
+        other => debug!(event = %other, "NATS event"),
+    }
+}
+
 /// Connect (retrying until it works), subscribe to control messages, and follow the
 /// connection's events for health and catch-up.
-async fn connect(weak: Weak<Inner>) {
-    let Some(inner) = weak.upgrade() else { return };
+async fn connect(weak: Weak<Shared<NatsBus>>) {
+    let Some(shared) = weak.upgrade() else { return };
+    let settings = &shared.bus.settings;
     let events = weak.clone();
     let options = async_nats::ConnectOptions::new()
-        .connection_timeout(inner.settings.timeout)
+        .connection_timeout(settings.timeout)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {
@@ -253,133 +243,30 @@ async fn connect(weak: Weak<Inner>) {
             let cap = cap.min(Duration::from_secs(5));
             cap / 2 + (cap / 2).mul_f64(rand::random::<f64>())
         })
-        .event_callback(move |event| {
-            let events = events.clone();
-            async move {
-                let Some(inner) = events.upgrade() else {
-                    return;
-                };
-                match event {
-                    async_nats::Event::Connected => {
-                        let was_down = inner.problem.lock().take().is_some();
-                        if was_down && inner.client.lock().is_some() {
-                            info!("NATS reconnected; catching up channels with history");
-                            inner.reconnects.send_modify(|n| *n += 1);
-                        }
-                    }
-                    async_nats::Event::Disconnected => {
-                        warn!("NATS connection lost; reconnecting");
-                        *inner.problem.lock() = Some("NATS connection lost".into());
-                    }
-                    other => debug!(event = %other, "NATS event"),
-                }
-            }
-        });
-    let url = inner.settings.url.clone();
-    drop(inner);
+        .event_callback(move |event| on_event(events.clone(), event));
+    let url = settings.url.clone();
+    drop(shared);
     let client = match options.connect(url.as_str()).await {
         Ok(c) => c,
         Err(e) => {
-            if let Some(inner) = weak.upgrade() {
-                *inner.problem.lock() = Some(format!("cannot connect to NATS: {e}"));
+            if let Some(shared) = weak.upgrade() {
+                *shared.problem.lock() = Some(format!("cannot connect to NATS: {e}"));
             }
             return;
         }
     };
-    let Some(inner) = weak.upgrade() else { return };
-    match client.subscribe(inner.control_subject()).await {
+    let Some(shared) = weak.upgrade() else { return };
+    let bus = &shared.bus;
+    match client.subscribe(bus.control_route()).await {
         Ok(sub) => {
             tokio::spawn(control_task(weak.clone(), sub));
         }
         Err(e) => warn!(error = %e, "cannot subscribe to NATS control messages"),
     }
-    let _ = tokio::time::timeout(inner.settings.timeout, client.flush()).await;
-    *inner.client.lock() = Some(client);
-    if inner.client.lock().as_ref().map(|c| c.connection_state()) == Some(State::Connected) {
-        *inner.problem.lock() = None;
-    }
-}
-
-#[async_trait]
-impl Broker for NatsBroker {
-    fn name(&self) -> &'static str {
-        "nats"
-    }
-
-    fn start(&self, handler: Arc<dyn BrokerHandler>) -> Result<(), BrokerError> {
-        self.inner
-            .handler
-            .set(handler)
-            .map_err(|_| unavailable("started twice"))?;
-        tokio::spawn(connect(Arc::downgrade(&self.inner)));
-        Ok(())
-    }
-
-    async fn publish(
-        &self,
-        mut publication: Publication,
-        history: Option<&HistoryPolicy>,
-    ) -> Result<Published, BrokerError> {
-        let inner = &self.inner;
-        let client = inner.connected()?;
-        let subject = inner.subject(&publication.app_id, publication.channel.as_str());
-        let body = envelope::encode_publication(&publication);
-        let Some(policy) = history else {
-            client
-                .publish(subject, Bytes::from(relay::publication_frame(None, &body)))
-                .await
-                .map_err(unavailable)?;
-            return Ok(Published::Sent(Arc::new(publication)));
-        };
-        let _order = shard(&inner.publish_locks, &subject).lock().await;
-        let (sent, offset, epoch) = inner
-            .log
-            .append(&publication, &body, policy, None)
-            .await
-            .map_err(unavailable)?;
-        let position = Position {
-            offset,
-            epoch: Arc::from(epoch.as_str()),
-        };
-        if !sent {
-            return Ok(Published::Unchanged(position));
-        }
-        let frame = relay::publication_frame(Some((offset, &epoch)), &body);
-        client
-            .publish(subject, Bytes::from(frame))
-            .await
-            .map_err(unavailable)?;
-        publication.position = Some(position);
-        Ok(Published::Sent(Arc::new(publication)))
-    }
-
-    async fn control(&self, control: Control) -> Result<(), BrokerError> {
-        let client = self.inner.connected()?;
-        client
-            .publish(
-                self.inner.control_subject(),
-                Bytes::from(relay::control_frame(&control)),
-            )
-            .await
-            .map_err(unavailable)
-    }
-
-    async fn subscribe(&self, app_id: &str, channel: &ChannelName) -> Result<(), BrokerError> {
-        self.inner.reconcile(app_id, channel).await
-    }
-
-    async fn unsubscribe(&self, app_id: &str, channel: &ChannelName) -> Result<(), BrokerError> {
-        self.inner.reconcile(app_id, channel).await
-    }
-
-    fn health(&self) -> BrokerHealth {
-        if let Some(why) = self.inner.problem.lock().clone() {
-            return BrokerHealth::Degraded(why);
-        }
-        match self.inner.connected() {
-            Ok(_) => BrokerHealth::Healthy,
-            Err(e) => BrokerHealth::Degraded(e.to_string()),
-        }
+    let _ = tokio::time::timeout(bus.settings.timeout, client.flush()).await;
+    *bus.client.lock() = Some(client);
+    if bus.client.lock().as_ref().map(|c| c.connection_state()) == Some(State::Connected) {
+        *shared.problem.lock() = None;
     }
 }
 

@@ -19,19 +19,18 @@
 //!   `NOTIFY`s go through one connection, and append-then-notify holds a per-channel lock,
 //!   so one channel's publications through one node arrive in order everywhere. Concurrent
 //!   publications from different nodes may interleave differently.
+//! - **Atomicity:** as for the NATS broker: appended to history, then notified; a `NOTIFY`
+//!   (or payload row) that fails is withdrawn from history again.
 //! - **Outage:** operations fail at once while disconnected; the node reconnects with
 //!   jittered backoff, listens again and catches up.
 //! - Plain connections only (`sslmode=disable`); reach a remote server through a TLS tunnel.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures_util::StreamExt;
-use herald_core::broker::{Broker, BrokerError, BrokerHandler, BrokerHealth, Control, Published};
-use herald_core::history::HistoryPolicy;
-use herald_core::publication::{Position, Publication};
+use herald_core::broker::BrokerError;
 use herald_protocol::ChannelName;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -40,10 +39,8 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::envelope;
-use crate::nats::shard;
 use crate::redis::StreamLog;
-use crate::relay::{self, Delivered};
+use crate::relay::{self, Bus, Delivered, Paired, Shared, unavailable};
 
 /// Frames up to this size go in the notification itself.
 pub const MAX_INLINE: usize = 7900;
@@ -63,38 +60,17 @@ pub struct PostgresSettings {
 }
 
 /// The PostgreSQL broker. See the module docs for its guarantees.
-pub struct PostgresBroker {
-    inner: Arc<Inner>,
-}
+pub type PostgresBroker = Paired<PostgresBus>;
 
-impl std::fmt::Debug for PostgresBroker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresBroker").finish_non_exhaustive()
-    }
-}
-
-struct Inner {
+/// The PostgreSQL side of a [`PostgresBroker`]: its two connections and names. Made only by
+/// [`PostgresBroker::new`].
+pub struct PostgresBus {
+    /// Where PostgreSQL is, the name prefix and the deadlines.
     settings: PostgresSettings,
-    /// The history streams in Redis.
-    log: StreamLog,
-    /// Where deliveries go, set by `start`.
-    handler: OnceLock<Arc<dyn BrokerHandler>>,
     /// The listening connection's client (LISTEN/UNLISTEN), `None` while down.
     listener: Mutex<Option<Arc<Client>>>,
     /// The connection for NOTIFY and payload rows, `None` while down.
     sender: Mutex<Option<Arc<Client>>>,
-    /// Notification channels listened to, with their channel.
-    listening: Mutex<HashMap<String, (Arc<str>, ChannelName)>>,
-    /// Serialise listen/unlisten reconciles of a channel.
-    listen_locks: Box<[tokio::sync::Mutex<()>]>,
-    /// Serialise append-then-notify of a channel.
-    publish_locks: Box<[tokio::sync::Mutex<()>]>,
-    /// `None` while connected; otherwise why not.
-    problem: Mutex<Option<String>>,
-}
-
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
 }
 
 /// Whether `prefix` can start a PostgreSQL identifier unquoted.
@@ -109,44 +85,18 @@ pub fn valid_prefix(prefix: &str) -> bool {
 impl PostgresBroker {
     /// A broker that connects to PostgreSQL on `start`, with history in `log`.
     pub fn new(settings: PostgresSettings, log: StreamLog) -> Self {
-        let locks = || {
-            (0..64)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect::<Box<[_]>>()
-        };
-        Self {
-            inner: Arc::new(Inner {
+        Paired::with_bus(
+            PostgresBus {
                 settings,
-                log,
-                handler: OnceLock::new(),
                 listener: Mutex::new(None),
                 sender: Mutex::new(None),
-                listening: Mutex::new(HashMap::new()),
-                listen_locks: locks(),
-                publish_locks: locks(),
-                problem: Mutex::new(Some("connecting to PostgreSQL".into())),
-            }),
-        }
+            },
+            log,
+        )
     }
 }
 
-impl Inner {
-    fn notify_channel(&self, app_id: &str, channel: &str) -> String {
-        let mut h = Sha256::new();
-        h.update(app_id.as_bytes());
-        h.update([0]);
-        h.update(channel.as_bytes());
-        let hex: String = h.finalize()[..10]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{}_{hex}", self.settings.prefix)
-    }
-
-    fn control_channel(&self) -> String {
-        format!("{}_control", self.settings.prefix)
-    }
-
+impl PostgresBus {
     fn table(&self) -> String {
         format!("{}_payloads", self.settings.prefix)
     }
@@ -156,115 +106,6 @@ impl Inner {
             .lock()
             .clone()
             .ok_or_else(|| unavailable("not connected to PostgreSQL"))
-    }
-
-    /// NOTIFY `frame` on `channel`, through the payload table when it is too large.
-    async fn notify(&self, channel: &str, frame: &[u8]) -> Result<(), BrokerError> {
-        let client = self.sender()?;
-        let text = std::str::from_utf8(frame).map_err(unavailable)?;
-        let work = async {
-            if text.len() <= MAX_INLINE {
-                client
-                    .execute("SELECT pg_notify($1, $2)", &[&channel, &text])
-                    .await?;
-            } else {
-                let sql = format!(
-                    "WITH row AS (INSERT INTO {} (body) VALUES ($2) RETURNING id) \
-                     SELECT pg_notify($1, 'R' || id) FROM row",
-                    self.table()
-                );
-                client.execute(sql.as_str(), &[&channel, &text]).await?;
-            }
-            Ok::<_, tokio_postgres::Error>(())
-        };
-        tokio::time::timeout(self.settings.timeout, work)
-            .await
-            .map_err(|_| unavailable("PostgreSQL did not answer in time"))?
-            .map_err(unavailable)
-    }
-
-    async fn reconcile(&self, app_id: &str, channel: &ChannelName) -> Result<(), BrokerError> {
-        let handler = self.handler.get().ok_or(BrokerError::Closed)?;
-        let name = self.notify_channel(app_id, channel.as_str());
-        let _guard = shard(&self.listen_locks, &name).lock().await;
-        let want = handler.local_subscribers(app_id, channel) > 0;
-        let have = self.listening.lock().contains_key(&name);
-        if want == have {
-            return Ok(());
-        }
-        let listener = self.listener.lock().clone();
-        if !want {
-            self.listening.lock().remove(&name);
-            if let Some(l) = listener {
-                let sql = format!("UNLISTEN \"{name}\"");
-                let _ = tokio::time::timeout(self.settings.timeout, l.batch_execute(&sql)).await;
-            }
-            return Ok(());
-        }
-        let listener = listener.ok_or_else(|| unavailable("not connected to PostgreSQL"))?;
-        let sql = format!("LISTEN \"{name}\"");
-        tokio::time::timeout(self.settings.timeout, listener.batch_execute(&sql))
-            .await
-            .map_err(|_| unavailable("LISTEN timed out"))?
-            .map_err(unavailable)?;
-        self.listening
-            .lock()
-            .insert(name, (Arc::from(app_id), channel.clone()));
-        Ok(())
-    }
-
-    /// Open both connections, create the payload table, listen to what is wanted. Returns
-    /// the notifications of the listening connection.
-    async fn connect(&self) -> Result<mpsc::Receiver<(String, String)>, String> {
-        let s = &self.settings;
-        let open = || async {
-            tokio::time::timeout(s.timeout, tokio_postgres::connect(&s.url, NoTls))
-                .await
-                .map_err(|_| "connect timed out".to_owned())?
-                .map_err(|e| e.to_string())
-        };
-        let (listener, mut connection) = open().await?;
-        let (tx, rx) = mpsc::channel(NOTIFICATION_QUEUE);
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = messages.next().await {
-                if let AsyncMessage::Notification(n) = message
-                    && tx
-                        .send((n.channel().to_owned(), n.payload().to_owned()))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-            }
-        });
-        let (sender, connection) = open().await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let setup = async {
-            sender
-                .batch_execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, body text NOT NULL, \
-                     created_at timestamptz NOT NULL DEFAULT now())",
-                    self.table()
-                ))
-                .await?;
-            let mut names: Vec<String> = self.listening.lock().keys().cloned().collect();
-            names.push(self.control_channel());
-            for chunk in names.chunks(500) {
-                let sql: String = chunk.iter().map(|n| format!("LISTEN \"{n}\";")).collect();
-                listener.batch_execute(&sql).await?;
-            }
-            Ok::<_, tokio_postgres::Error>(())
-        };
-        tokio::time::timeout(s.timeout * 4, setup)
-            .await
-            .map_err(|_| "setup timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        *self.listener.lock() = Some(Arc::new(listener));
-        *self.sender.lock() = Some(Arc::new(sender));
-        Ok(rx)
     }
 
     /// The frame a notification stands for (reading the payload row of an `R{id}`).
@@ -301,51 +142,178 @@ impl Inner {
     }
 }
 
+impl Bus for PostgresBus {
+    /// Nothing: the listening connection's one reader receives every notification.
+    type Receiver = ();
+    const NAME: &'static str = "postgres";
+    const SERVICE: &'static str = "PostgreSQL";
+    const BROKER: &'static str = "PostgresBroker";
+
+    /// The notification channel: `{prefix}_{hash}` (identifiers are limited to 63 bytes).
+    fn route(&self, app_id: &str, channel: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(app_id.as_bytes());
+        h.update([0]);
+        h.update(channel.as_bytes());
+        let hex: String = h.finalize()[..10]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}_{hex}", self.settings.prefix)
+    }
+
+    fn control_route(&self) -> String {
+        format!("{}_control", self.settings.prefix)
+    }
+
+    fn ready(&self) -> Result<(), BrokerError> {
+        self.sender().map(|_| ())
+    }
+
+    /// NOTIFY `frame` on `channel`, through the payload table when it is too large.
+    async fn send(&self, channel: String, frame: Vec<u8>) -> Result<(), BrokerError> {
+        let client = self.sender()?;
+        let text = std::str::from_utf8(&frame).map_err(unavailable)?;
+        let work = async {
+            if text.len() <= MAX_INLINE {
+                client
+                    .execute("SELECT pg_notify($1, $2)", &[&channel, &text])
+                    .await?;
+            } else {
+                let sql = format!(
+                    "WITH row AS (INSERT INTO {} (body) VALUES ($2) RETURNING id) \
+                     SELECT pg_notify($1, 'R' || id) FROM row",
+                    self.table()
+                );
+                client.execute(sql.as_str(), &[&channel, &text]).await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        tokio::time::timeout(self.settings.timeout, work)
+            .await
+            .map_err(|_| unavailable("PostgreSQL did not answer in time"))?
+            .map_err(unavailable)
+    }
+
+    async fn receive(
+        shared: &Arc<Shared<Self>>,
+        name: &str,
+        _app_id: &str,
+        _channel: &ChannelName,
+    ) -> Result<(), BrokerError> {
+        let bus = &shared.bus;
+        let listener = bus.listener.lock().clone();
+        let listener = listener.ok_or_else(|| unavailable("not connected to PostgreSQL"))?;
+        let sql = format!("LISTEN \"{name}\"");
+        tokio::time::timeout(bus.settings.timeout, listener.batch_execute(&sql))
+            .await
+            .map_err(|_| unavailable("LISTEN timed out"))?
+            .map_err(unavailable)
+    }
+
+    async fn ignore(&self, name: &str, (): ()) {
+        let listener = self.listener.lock().clone();
+        if let Some(l) = listener {
+            let sql = format!("UNLISTEN \"{name}\"");
+            let _ = tokio::time::timeout(self.settings.timeout, l.batch_execute(&sql)).await;
+        }
+    }
+
+    async fn run(shared: Weak<Shared<Self>>) {
+        run(shared).await;
+    }
+}
+
+/// Open both connections, create the payload table, listen to what is wanted. Returns the
+/// notifications of the listening connection.
+async fn connect(shared: &Shared<PostgresBus>) -> Result<mpsc::Receiver<(String, String)>, String> {
+    let bus = &shared.bus;
+    let s = &bus.settings;
+    let open = || async {
+        tokio::time::timeout(s.timeout, tokio_postgres::connect(&s.url, NoTls))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())
+    };
+    let (listener, mut connection) = open().await?;
+    let (tx, rx) = mpsc::channel(NOTIFICATION_QUEUE);
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message
+                && tx
+                    .send((n.channel().to_owned(), n.payload().to_owned()))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let (sender, connection) = open().await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let setup = async {
+        sender
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, body text NOT NULL, \
+                 created_at timestamptz NOT NULL DEFAULT now())",
+                bus.table()
+            ))
+            .await?;
+        let mut names: Vec<String> = shared.receiving.lock().keys().cloned().collect();
+        names.push(bus.control_route());
+        for chunk in names.chunks(500) {
+            let sql: String = chunk.iter().map(|n| format!("LISTEN \"{n}\";")).collect();
+            listener.batch_execute(&sql).await?;
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    tokio::time::timeout(s.timeout * 4, setup)
+        .await
+        .map_err(|_| "setup timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    *bus.listener.lock() = Some(Arc::new(listener));
+    *bus.sender.lock() = Some(Arc::new(sender));
+    Ok(rx)
+}
+
 /// Keep the connections: connect, listen, catch up, deliver; on loss, back off and retry.
-async fn run(weak: Weak<Inner>) {
+async fn run(weak: Weak<Shared<PostgresBus>>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut delivered: HashMap<String, Delivered> = HashMap::new();
     let mut connected_before = false;
     loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let mut rx = match inner.connect().await {
+        let Some(shared) = weak.upgrade() else { return };
+        let mut rx = match connect(&shared).await {
             Ok(rx) => rx,
             Err(e) => {
-                *inner.problem.lock() = Some(format!("PostgreSQL unreachable: {e}"));
-                drop(inner);
+                *shared.problem.lock() = Some(format!("PostgreSQL unreachable: {e}"));
+                drop(shared);
                 tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
-        let Some(handler) = inner.handler.get().cloned() else {
+        let Some(handler) = shared.handler.get().cloned() else {
             return;
         };
         if connected_before {
-            let listening: Vec<(String, (Arc<str>, ChannelName))> = inner
-                .listening
-                .lock()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            delivered.retain(|k, _| listening.iter().any(|(l, _)| l == k));
-            for (name, (app, channel)) in listening {
-                let d = delivered.entry(name).or_default();
-                relay::catch_up(&inner.log, &handler, &app, &channel, d).await;
-            }
+            shared.catch_up_all(&handler, &mut delivered).await;
             info!("PostgreSQL reconnected, listening again and caught up");
         }
-        *inner.problem.lock() = None;
+        *shared.problem.lock() = None;
         connected_before = true;
         backoff.reset();
-        let control = inner.control_channel();
-        drop(inner);
+        let control = shared.bus.control_route();
+        drop(shared);
         let mut cleanup = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
                 n = rx.recv() => {
                     let Some((channel, payload)) = n else { break };
-                    let Some(inner) = weak.upgrade() else { return };
-                    let Some(frame) = inner.frame(payload).await else { continue };
+                    let Some(shared) = weak.upgrade() else { return };
+                    let Some(frame) = shared.bus.frame(payload).await else { continue };
                     if channel == control {
                         relay::deliver_control(&handler, &frame);
                         continue;
@@ -357,94 +325,18 @@ async fn run(weak: Weak<Inner>) {
                     relay::deliver(&handler, d, &frame);
                 }
                 _ = cleanup.tick() => {
-                    let Some(inner) = weak.upgrade() else { return };
-                    inner.delete_old_payloads().await;
+                    let Some(shared) = weak.upgrade() else { return };
+                    shared.bus.delete_old_payloads().await;
                 }
             }
         }
-        let Some(inner) = weak.upgrade() else { return };
+        let Some(shared) = weak.upgrade() else { return };
         warn!("PostgreSQL listening connection lost; reconnecting");
-        *inner.listener.lock() = None;
-        *inner.sender.lock() = None;
-        *inner.problem.lock() = Some("PostgreSQL connection lost".into());
-        drop(inner);
+        *shared.bus.listener.lock() = None;
+        *shared.bus.sender.lock() = None;
+        *shared.problem.lock() = Some("PostgreSQL connection lost".into());
+        drop(shared);
         tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-#[async_trait]
-impl Broker for PostgresBroker {
-    fn name(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn start(&self, handler: Arc<dyn BrokerHandler>) -> Result<(), BrokerError> {
-        self.inner
-            .handler
-            .set(handler)
-            .map_err(|_| unavailable("started twice"))?;
-        tokio::spawn(run(Arc::downgrade(&self.inner)));
-        Ok(())
-    }
-
-    async fn publish(
-        &self,
-        mut publication: Publication,
-        history: Option<&HistoryPolicy>,
-    ) -> Result<Published, BrokerError> {
-        let inner = &self.inner;
-        inner.sender()?;
-        let channel = inner.notify_channel(&publication.app_id, publication.channel.as_str());
-        let body = envelope::encode_publication(&publication);
-        let Some(policy) = history else {
-            inner
-                .notify(&channel, &relay::publication_frame(None, &body))
-                .await?;
-            return Ok(Published::Sent(Arc::new(publication)));
-        };
-        let _order = shard(&inner.publish_locks, &channel).lock().await;
-        let (sent, offset, epoch) = inner
-            .log
-            .append(&publication, &body, policy, None)
-            .await
-            .map_err(unavailable)?;
-        let position = Position {
-            offset,
-            epoch: Arc::from(epoch.as_str()),
-        };
-        if !sent {
-            return Ok(Published::Unchanged(position));
-        }
-        inner
-            .notify(
-                &channel,
-                &relay::publication_frame(Some((offset, &epoch)), &body),
-            )
-            .await?;
-        publication.position = Some(position);
-        Ok(Published::Sent(Arc::new(publication)))
-    }
-
-    async fn control(&self, control: Control) -> Result<(), BrokerError> {
-        let channel = self.inner.control_channel();
-        self.inner
-            .notify(&channel, &relay::control_frame(&control))
-            .await
-    }
-
-    async fn subscribe(&self, app_id: &str, channel: &ChannelName) -> Result<(), BrokerError> {
-        self.inner.reconcile(app_id, channel).await
-    }
-
-    async fn unsubscribe(&self, app_id: &str, channel: &ChannelName) -> Result<(), BrokerError> {
-        self.inner.reconcile(app_id, channel).await
-    }
-
-    fn health(&self) -> BrokerHealth {
-        match self.inner.problem.lock().clone() {
-            None => BrokerHealth::Healthy,
-            Some(why) => BrokerHealth::Degraded(why),
-        }
     }
 }
 

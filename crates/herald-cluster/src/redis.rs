@@ -24,6 +24,7 @@ mod history;
 mod occupancy;
 mod presence;
 mod scripts;
+mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -34,6 +34,7 @@ use super::Link;
 use super::history::{StreamLog, split_position};
 use crate::backoff::Backoff;
 use crate::envelope;
+use crate::shards::Shards;
 
 /// How many publications a channel may catch up after a reconnect.
 const MAX_CATCH_UP: usize = 1000;
@@ -70,7 +71,7 @@ struct Inner {
     /// Pub/sub channels this node is subscribed to, restored after a reconnect.
     subscribed: Mutex<HashSet<String>>,
     /// Serialises subscribe/unsubscribe reconciles of one channel (sharded by name).
-    locks: Box<[tokio::sync::Mutex<()>]>,
+    locks: Shards,
     /// The subscribe side of the live pub/sub connection, `None` while it is down.
     sink: Mutex<Option<PubSubSink>>,
     /// Last delivered position per history channel (by pub/sub name): skips repeats and
@@ -94,9 +95,7 @@ impl RedisBroker {
                 link,
                 handler: OnceLock::new(),
                 subscribed: Mutex::new(HashSet::new()),
-                locks: (0..LOCK_SHARDS)
-                    .map(|_| tokio::sync::Mutex::new(()))
-                    .collect(),
+                locks: Shards::new(LOCK_SHARDS),
                 sink: Mutex::new(None),
                 seen: Mutex::new(HashMap::new()),
                 problem: Mutex::new(Some("connecting to Redis pub/sub".into())),
@@ -111,18 +110,11 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 }
 
 impl Inner {
-    fn shard(&self, name: &str) -> &tokio::sync::Mutex<()> {
-        let h = name
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-        &self.locks[h % self.locks.len()]
-    }
-
     /// Make this node's subscription to `channel` match whether it has local subscribers.
     async fn reconcile(&self, app_id: &str, channel: &ChannelName) -> Result<(), BrokerError> {
         let handler = self.handler.get().ok_or(BrokerError::Closed)?;
         let name = self.link.keys.publications(app_id, channel.as_str());
-        let _guard = self.shard(&name).lock().await;
+        let _guard = self.locks.of(&[&name]).lock().await;
         let want = handler.local_subscribers(app_id, channel) > 0;
         let have = self.subscribed.lock().contains(&name);
         if want == have {

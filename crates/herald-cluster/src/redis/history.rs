@@ -8,6 +8,10 @@
 //!   publication; a stream removed by expiry, `clear` or a Redis restart without
 //!   persistence comes back with a new epoch.
 //! - **Bounds:** the script trims to `size` entries and drops entries older than `ttl`.
+//! - **Withdrawals:** a paired broker (NATS, RabbitMQ, PostgreSQL) whose fan-out refuses a
+//!   publication after its append takes the entry back ([`StreamLog::withdraw`]); its offset
+//!   is not reused, so such a stream has a gap there.
+//! - **Stats** are reused for up to 10 seconds per app filter (see `stats`).
 //! - Every node reads the same streams, so a client recovers on any node.
 
 use std::sync::Arc;
@@ -22,13 +26,15 @@ use herald_protocol::ChannelName;
 use herald_core::publication::{Payload, Publication};
 use sha2::{Digest, Sha256};
 
-use super::scripts::{PUBLISH_WITH_HISTORY, READ_HISTORY};
+use super::scripts::{PUBLISH_WITH_HISTORY, READ_HISTORY, WITHDRAW};
+use super::stats::{STATS_TTL, StatsCache};
 use super::{Link, StreamRead, new_epoch};
 use crate::envelope;
 
-/// The history streams as a broker uses them: append (assigning the offset), and read what
-/// followed a position (to catch up after a reconnect). Shared by the Redis broker and by
-/// brokers that pair their own fan-out with Redis history.
+/// The history streams as a broker uses them: append (assigning the offset), withdraw what
+/// the fan-out refused after the append, and read what followed a position (to catch up
+/// after a reconnect). Shared by the Redis broker and by brokers that pair their own fan-out
+/// with Redis history.
 #[derive(Debug, Clone)]
 pub struct StreamLog {
     link: Arc<Link>,
@@ -67,6 +73,27 @@ impl StreamLog {
             .arg(publish_to.unwrap_or(""));
         let (sent, offset, epoch): (i64, u64, String) = self.link.script(&invocation).await?;
         Ok((sent == 1, offset, epoch))
+    }
+
+    /// Withdraw the entry at `offset` of the stream `epoch` (appended by [`Self::append`],
+    /// then refused by the fan-out), and its dedupe hash when nothing was appended after it;
+    /// one atomic step (the `WITHDRAW` script). Returns whether an entry was removed.
+    pub async fn withdraw(
+        &self,
+        app_id: &str,
+        channel: &str,
+        offset: u64,
+        epoch: &str,
+    ) -> Result<bool, String> {
+        let keys = &self.link.keys;
+        let mut invocation = WITHDRAW.prepare_invoke();
+        invocation
+            .key(keys.history_meta(app_id, channel))
+            .key(keys.history_entries(app_id, channel))
+            .arg(offset)
+            .arg(epoch);
+        let removed: i64 = self.link.script(&invocation).await?;
+        Ok(removed > 0)
     }
 
     /// The stream's epoch and the entries after `offset` (at most `max`), each as
@@ -137,14 +164,72 @@ pub(crate) fn split_position(rest: &[u8]) -> Option<(Option<u64>, &str, &[u8])> 
 }
 
 /// Channel history in Redis.
-#[derive(Debug)]
 pub struct RedisHistory {
+    /// The shared command connection.
     link: Arc<Link>,
+    /// Recent [`HistoryStore::stats`] figures, so scrapes do not scan Redis every time.
+    stats: StatsCache,
+}
+
+impl std::fmt::Debug for RedisHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisHistory").finish_non_exhaustive()
+    }
 }
 
 impl RedisHistory {
     pub(crate) fn new(link: Arc<Link>) -> Self {
-        Self { link }
+        Self {
+            link,
+            stats: StatsCache::new(STATS_TTL),
+        }
+    }
+
+    /// Count the streams of `app_id` (all apps when `None`), their publications and bytes:
+    /// a SCAN of the keyspace, then `ZCARD` and `MEMORY USAGE` of every stream.
+    async fn scan_stats(&self, app_id: Option<&str>) -> Result<HistoryStats, HistoryError> {
+        let keys = &self.link.keys;
+        let pattern = keys.history_meta_pattern(app_id);
+        let mut metas: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        // Bounded: at most 1,000 SCAN calls (a million keys at COUNT 1000).
+        for _ in 0..1000 {
+            let (next, batch): (u64, Vec<String>) = self
+                .link
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await
+                .map_err(unavailable)?;
+            metas.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut stats = HistoryStats {
+            streams: metas.len() as u64,
+            ..HistoryStats::default()
+        };
+        for chunk in metas.chunks(500) {
+            let mut pipe = redis::pipe();
+            for meta in chunk {
+                let entries = meta.replacen(":hm:", ":he:", 1);
+                pipe.cmd("ZCARD").arg(&entries);
+                pipe.cmd("MEMORY").arg("USAGE").arg(&entries);
+            }
+            let figures: Vec<Option<u64>> = self.link.pipe(&pipe).await.map_err(unavailable)?;
+            for pair in figures.chunks(2) {
+                stats.publications += pair[0].unwrap_or(0);
+                stats.bytes += pair.get(1).copied().flatten().unwrap_or(0);
+            }
+        }
+        Ok(stats)
     }
 }
 
@@ -232,48 +317,11 @@ impl HistoryStore for RedisHistory {
         Ok(removed > 0)
     }
 
+    /// The figures are up to 10 seconds old: they are taken (a SCAN of the keyspace and a
+    /// `MEMORY USAGE` per stream) at most once per 10 seconds per `app_id` filter on this
+    /// node, and concurrent callers share one refresh. Appends, clears and expiries on any
+    /// node show up once the figures are retaken.
     async fn stats(&self, app_id: Option<&str>) -> Result<HistoryStats, HistoryError> {
-        let keys = &self.link.keys;
-        let pattern = keys.history_meta_pattern(app_id);
-        let mut metas: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        // Bounded: at most 1,000 SCAN calls (a million keys at COUNT 1000).
-        for _ in 0..1000 {
-            let (next, batch): (u64, Vec<String>) = self
-                .link
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await
-                .map_err(unavailable)?;
-            metas.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        let mut stats = HistoryStats {
-            streams: metas.len() as u64,
-            ..HistoryStats::default()
-        };
-        for chunk in metas.chunks(500) {
-            let mut pipe = redis::pipe();
-            for meta in chunk {
-                let entries = meta.replacen(":hm:", ":he:", 1);
-                pipe.cmd("ZCARD").arg(&entries);
-                pipe.cmd("MEMORY").arg("USAGE").arg(&entries);
-            }
-            let figures: Vec<Option<u64>> = self.link.pipe(&pipe).await.map_err(unavailable)?;
-            for pair in figures.chunks(2) {
-                stats.publications += pair[0].unwrap_or(0);
-                stats.bytes += pair.get(1).copied().flatten().unwrap_or(0);
-            }
-        }
-        Ok(stats)
+        self.stats.get(app_id, || self.scan_stats(app_id)).await
     }
 }

@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use super::presence::RedisPresence;
 use super::scripts::{FORGET_NODE, HEARTBEAT, OCCUPY, SET_COUNTS, VACATE};
 use super::{ChannelKey, Link};
+use crate::shards::Shards;
 
 const LOCK_SHARDS: usize = 64;
 
@@ -58,7 +59,7 @@ struct Inner {
     /// Local counts changed since the last flush.
     dirty: Mutex<HashMap<ChannelKey, usize>>,
     /// Serialises reconciles of one channel (sharded by name).
-    locks: Box<[tokio::sync::Mutex<()>]>,
+    locks: Shards,
 }
 
 impl std::fmt::Debug for Inner {
@@ -99,23 +100,13 @@ impl RedisOccupancy {
                 handler: OnceLock::new(),
                 registered: Mutex::new(HashMap::new()),
                 dirty: Mutex::new(HashMap::new()),
-                locks: (0..LOCK_SHARDS)
-                    .map(|_| tokio::sync::Mutex::new(()))
-                    .collect(),
+                locks: Shards::new(LOCK_SHARDS),
             }),
         }
     }
 }
 
 impl Inner {
-    fn shard(&self, app: &str, channel: &str) -> &tokio::sync::Mutex<()> {
-        let h = app
-            .bytes()
-            .chain(channel.bytes())
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-        &self.locks[h % self.locks.len()]
-    }
-
     async fn occupy_script(&self, app: &str, channel: &str, count: usize) -> Result<bool, String> {
         let keys = &self.link.keys;
         let mut invocation = OCCUPY.prepare_invoke();
@@ -145,7 +136,7 @@ impl Inner {
 
     async fn reconcile(&self, app_id: &str, channel: &ChannelName) -> Result<Transition, String> {
         let handler = self.handler.get().ok_or("occupancy not started")?;
-        let _guard = self.shard(app_id, channel.as_str()).lock().await;
+        let _guard = self.locks.of(&[app_id, channel.as_str()]).lock().await;
         let count = handler.local_subscribers(app_id, channel);
         let key: ChannelKey = (Arc::from(app_id), channel.clone());
         let have = self.registered.lock().contains_key(&key);

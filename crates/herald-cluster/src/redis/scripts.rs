@@ -61,6 +61,28 @@ return {1, top, epoch}
     )
 });
 
+/// Withdraw one publication from a channel's history, as one step: its entry, and the
+/// dedupe hash when it is still this publication's (nothing was appended after it), so a
+/// retry of the same payload is not taken for a duplicate. The top offset stays: offsets
+/// are never reused, so the stream has a gap there.
+///
+/// KEYS: meta hash, entries sorted set.
+/// ARGV: offset, epoch (nothing is done when the stream has another epoch: it was lost or
+/// cleared meanwhile, and that offset is someone else's).
+/// Returns the number of entries removed (0 or 1).
+pub(crate) static WITHDRAW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[2] then return 0 end
+local removed = redis.call('ZREMRANGEBYSCORE', KEYS[2], ARGV[1], ARGV[1])
+if tonumber(redis.call('HGET', KEYS[1], 't') or '0') == tonumber(ARGV[1]) then
+  redis.call('HDEL', KEYS[1], 'h', 'lt')
+end
+return removed
+"#,
+    )
+});
+
 /// Read part of a channel's history.
 ///
 /// KEYS: meta hash, entries sorted set.

@@ -14,6 +14,7 @@ mod http_transports;
 mod limits;
 mod messaging;
 mod network;
+mod paired_history;
 mod presence;
 mod pusher;
 mod recovery;
