@@ -17,7 +17,7 @@ async fn herald() -> Server {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.limits.max_connections_per_ip = 0;
-    config.validate().unwrap();
+    let config = config.validate().unwrap();
     let listeners = herald_server::server::Listeners::bind(&config)
         .await
         .unwrap();

@@ -401,6 +401,17 @@ impl Node {
         n
     }
 
+    /// End every connection still open now, mid-write or not (the shutdown grace period is
+    /// over). Returns how many there were.
+    pub fn abort_all(&self) -> usize {
+        let mut n = 0;
+        self.sessions.for_each(|h| {
+            h.abort();
+            n += 1;
+        });
+        n
+    }
+
     /// Whether shutdown has started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)

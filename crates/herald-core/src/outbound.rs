@@ -106,6 +106,9 @@ pub struct SessionHandle {
     authorized: AtomicBool,
     /// Bounds of the queue.
     limits: QueueLimits,
+    /// Set when the server gives up on the connection (the shutdown grace period is over):
+    /// its transport stops at once, mid-write or not.
+    aborted: AtomicBool,
 }
 
 impl SessionHandle {
@@ -129,6 +132,7 @@ impl SessionHandle {
             connected_ms: now_ms,
             authorized: AtomicBool::new(false),
             limits,
+            aborted: AtomicBool::new(false),
         }
     }
 
@@ -249,6 +253,18 @@ impl SessionHandle {
         q.items.push_back(OutItem::Close(code));
         drop(q);
         self.notify.notify_one();
+    }
+
+    /// Make the transport stop now, whatever it is doing (writes included); its session is
+    /// then released as on any close.
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether [`SessionHandle::abort`] was called.
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
     }
 
     /// The close code, if a close has been queued.

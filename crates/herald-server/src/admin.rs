@@ -17,7 +17,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -43,8 +43,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            // A client gets `server.handshake_timeout` for its request's headers, as on the
+            // client listeners: a connection that sends nothing is closed, not kept.
+            let header_timeout = shared.config.server.handshake_timeout;
             let service = service_fn(move |req| route(shared.clone(), req));
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

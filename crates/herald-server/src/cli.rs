@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
-use crate::config::{self, Config, ConfigError, Overrides};
+use crate::config::{self, ConfigError, Overrides, Validated};
 
 /// Exit status for invalid configuration or usage (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -166,7 +166,7 @@ pub fn main() -> ExitCode {
 
 /// Load the configuration from the process environment and `args`, printing every problem
 /// to stderr on failure.
-pub fn load_config(args: &ConfigArgs, overrides: &Overrides) -> Result<Config, ExitCode> {
+pub fn load_config(args: &ConfigArgs, overrides: &Overrides) -> Result<Validated, ExitCode> {
     config::load(args.config.as_deref(), std::env::vars(), overrides).map_err(|e: ConfigError| {
         eprintln!("{e}");
         ExitCode::from(EXIT_CONFIG)

@@ -3,13 +3,15 @@
 //! Configuration comes from, lowest precedence first: built-in defaults, a TOML file
 //! (`--config`), `HERALD_*` environment variables, and command-line flags (see [`load`]).
 //! The merged tree is deserialised (unknown keys are errors), then [`Config::validate`]
-//! checks every value and reads every referenced file. All of this happens before any
+//! checks every value and reads every referenced file, once, into the [`Validated`] values
+//! the server runs with. All of this happens before any
 //! port is bound; any problem is reported with the key it concerns, and `herald` exits
 //! with status 64.
 //!
 //! Every key is documented in `docs/configuration.md` and `herald.example.toml`.
 
 pub mod load;
+mod validated;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
 pub use load::{ConfigError, Overrides, load};
+pub use validated::Validated;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -386,16 +389,6 @@ impl RedisConfig {
         }
         Ok(Some(pem))
     }
-
-    /// The CA certificates for `url`: `ca_file`'s, for a `rediss://` URL only (a plain
-    /// `[[laravel_ingest]]` Redis may sit beside a TLS one).
-    pub fn ca_pem_for(&self, url: &str) -> Result<Option<Vec<u8>>, String> {
-        if url.starts_with("rediss://") {
-            self.ca_pem()
-        } else {
-            Ok(None)
-        }
-    }
 }
 
 /// One Laravel Redis ingest: Laravel's `redis` broadcaster publishes, Herald delivers.
@@ -465,9 +458,10 @@ impl Config {
         self.apps.len() == 1 && self.apps[0].id == AppSettings::development().id
     }
 
-    /// Check every value and fill in what comes from files (JWT public keys) and defaults
-    /// (the development app). Returns every problem, each with its key.
-    pub fn validate(&mut self) -> Result<(), Vec<(String, String)>> {
+    /// Check every value, fill in what comes from files (JWT public keys) and defaults (the
+    /// development app), and read what the server runs with (TLS key, Redis CA, webhook
+    /// targets). Returns every problem, each with its key.
+    pub fn validate(mut self) -> Result<Validated, Vec<(String, String)>> {
         let mut problems = Vec::new();
         if self.apps.is_empty() {
             self.apps.push(AppSettings::development());
@@ -666,14 +660,17 @@ impl Config {
                 "must be at least 3 × cluster.heartbeat_interval".into(),
             ));
         }
+        let webhooks = self.webhook_targets(&mut problems);
+        let mut tls_key = None;
         let mut ports = vec![("server.listen", self.server.listen)];
         if self.admin.enabled {
             ports.push(("admin.listen", self.admin.listen));
         }
         if let Some(tls) = &self.server.tls {
             ports.push(("server.tls.listen", tls.listen));
-            if let Err(e) = crate::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
-                problems.push(("server.tls".into(), e));
+            match crate::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
+                Ok(key) => tls_key = Some(key),
+                Err(e) => problems.push(("server.tls".into(), e)),
             }
         }
         for (i, (key, addr)) in ports.iter().enumerate() {
@@ -684,9 +681,30 @@ impl Config {
             }
         }
         if problems.is_empty() {
-            Ok(())
+            Ok(Validated::new(self, tls_key, redis_ca, webhooks))
         } else {
             Err(problems)
         }
+    }
+
+    /// Every app's webhook URLs, parsed (problems named by key).
+    fn webhook_targets(
+        &self,
+        problems: &mut Vec<(String, String)>,
+    ) -> std::collections::HashMap<String, Vec<crate::webhooks::WebhookTarget>> {
+        let mut targets = std::collections::HashMap::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let mut list = Vec::new();
+            for (j, hook) in app.webhooks.iter().enumerate() {
+                let key = format!("apps[{i}].webhooks[{j}].url");
+                match crate::webhooks::WebhookTarget::parse(&hook.url) {
+                    Ok(t) => list.push(t),
+                    Err(_) if problems.iter().any(|(k, _)| *k == key) => {}
+                    Err(e) => problems.push((key, format!("not a usable webhook URL: {e}"))),
+                }
+            }
+            targets.insert(app.id.clone(), list);
+        }
+        targets
     }
 }

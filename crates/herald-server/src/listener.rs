@@ -70,6 +70,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shutdown = shared.shutdown.clone();
+    let hard_stop = shared.hard_stop.clone();
     let timeout = shared.config.server.handshake_timeout;
     let service = service_fn(move |req| crate::routes::handle(shared.clone(), peer, req));
     let conn = http1::Builder::new()
@@ -87,7 +88,10 @@ where
         }
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = hard_stop.cancelled() => {}
+            }
         }
     }
 }

@@ -9,8 +9,9 @@
 //! 2. The listeners stop accepting; `/ready` answers 503.
 //! 3. Every realtime connection is asked to flush its queue and close with 1001 ("going away,
 //!    reconnect"); idle HTTP keep-alive connections are closed, in-flight requests finish.
-//! 4. `run` returns when every connection has ended, or when `shutdown_grace_period` has
-//!    passed, whichever comes first.
+//! 4. When every connection has ended, `run` returns. When `shutdown_grace_period` passes
+//!    first, every connection still open is closed at once (mid-write or not; its session is
+//!    released as on any close), and `run` returns when they are gone (within a few seconds).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::client_ip::IpFilter;
-use crate::config::{BrokerKind, Config};
+use crate::config::{BrokerKind, Config, Validated};
 use crate::tls::TlsState;
 use crate::transport::websocket::WsOptions;
 
@@ -42,6 +43,9 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Cancelled when shutdown starts: accept loops stop, HTTP connections wind down.
     pub shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace period is over: HTTP connections still open are
+    /// dropped, whatever they are doing.
+    pub hard_stop: CancellationToken,
     /// When the server started, for `/status`.
     pub started: tokio::time::Instant,
     /// Sessions of the SSE and long-polling transports.
@@ -60,6 +64,10 @@ impl Shared {
         }
     }
 }
+
+/// How long connections closed at the end of the grace period have to go (their session's
+/// release: channels, presence) before `run` returns anyway.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The bound listeners. Binding is separate from running so tests can bind port 0 and read
 /// the addresses, and so the binary can report a bind failure before anything starts.
@@ -118,101 +126,96 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 }
 
 /// The Redis backends' settings from the `[redis]` and `[cluster]` sections.
-fn redis_settings(config: &Config) -> Result<herald_cluster::redis::RedisSettings, String> {
-    Ok(herald_cluster::redis::RedisSettings {
+fn redis_settings(config: &Validated) -> herald_cluster::redis::RedisSettings {
+    herald_cluster::redis::RedisSettings {
         url: config.redis.url.expose().to_owned(),
-        ca_pem: config.redis.ca_pem()?,
+        ca_pem: config.redis_ca.clone(),
         prefix: config.redis.prefix.clone(),
         heartbeat: config.cluster.heartbeat_interval,
         node_ttl: config.cluster.node_ttl,
         timeout: config.redis.timeout,
+    }
+}
+
+/// The backends `broker.kind` names: memory, Redis, or a bus paired with Redis state.
+fn backends(config: &Validated, node_id: &Arc<str>) -> Result<Backends, String> {
+    use herald_cluster::{amqp, nats, postgres, redis::RedisCluster};
+    let redis = || RedisCluster::new(redis_settings(config), node_id.clone());
+    Ok(match config.broker.kind {
+        BrokerKind::Memory => {
+            let dispatchers = match config.broker.dispatchers {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            };
+            Backends::memory(dispatchers, config.broker.queue)
+        }
+        BrokerKind::Redis => redis()?.backends(),
+        BrokerKind::Nats => {
+            let redis = redis()?;
+            let settings = nats::NatsSettings {
+                url: config.nats.url.expose().to_owned(),
+                prefix: config.nats.prefix.clone(),
+                timeout: config.nats.timeout,
+            };
+            let broker = nats::NatsBroker::new(settings, redis.stream_log());
+            redis.backends_with(Arc::new(broker))
+        }
+        BrokerKind::Rabbitmq => {
+            let redis = redis()?;
+            let settings = amqp::AmqpSettings {
+                url: config.rabbitmq.url.expose().to_owned(),
+                exchange: config.rabbitmq.exchange.clone(),
+                timeout: config.rabbitmq.timeout,
+            };
+            let broker = amqp::AmqpBroker::new(settings, redis.stream_log());
+            redis.backends_with(Arc::new(broker))
+        }
+        BrokerKind::Postgres => {
+            let redis = redis()?;
+            let settings = postgres::PostgresSettings {
+                url: config.postgres.url.expose().to_owned(),
+                prefix: config.postgres.prefix.clone(),
+                timeout: config.postgres.timeout,
+            };
+            let broker = postgres::PostgresBroker::new(settings, redis.stream_log());
+            redis.backends_with(Arc::new(broker))
+        }
     })
 }
 
 /// A built server, ready to run.
 #[derive(Debug)]
 pub struct Server {
+    /// What every connection task shares.
     shared: Arc<Shared>,
+    /// The TLS listener's state, when configured.
     tls: Option<Arc<TlsState>>,
-    /// This node's id in a cluster (also the Laravel ingest lease holder's name).
-    node_id: Arc<str>,
+    /// Every app's webhook endpoints, parsed by validation, for the sender.
+    webhooks: std::collections::HashMap<String, Vec<crate::webhooks::WebhookTarget>>,
+    /// The Laravel ingests to start, with their settings resolved by validation.
+    ingests: Vec<herald_cluster::ingest::IngestSettings>,
 }
 
 impl Server {
-    /// Build the node and TLS state from a validated configuration. Must be called inside a
-    /// tokio runtime.
-    pub fn new(config: Config) -> Result<Self, String> {
+    /// Build the node and TLS state from a validated configuration, reading no file (the
+    /// validation read them). Must be called inside a tokio runtime.
+    pub fn new(config: Validated) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
         let node_id: Arc<str> = if config.cluster.node_id.is_empty() {
             Arc::from(format!("{:016x}", rand::random::<u64>()))
         } else {
             Arc::from(config.cluster.node_id.as_str())
         };
-        let backends = match config.broker.kind {
-            BrokerKind::Memory => {
-                let dispatchers = match config.broker.dispatchers {
-                    0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-                    n => n,
-                };
-                Backends::memory(dispatchers, config.broker.queue)
-            }
-            BrokerKind::Redis => {
-                let settings = redis_settings(&config)?;
-                herald_cluster::redis::RedisCluster::new(settings, node_id.clone())?.backends()
-            }
-            BrokerKind::Nats => {
-                let redis = herald_cluster::redis::RedisCluster::new(
-                    redis_settings(&config)?,
-                    node_id.clone(),
-                )?;
-                let nats = herald_cluster::nats::NatsBroker::new(
-                    herald_cluster::nats::NatsSettings {
-                        url: config.nats.url.expose().to_owned(),
-                        prefix: config.nats.prefix.clone(),
-                        timeout: config.nats.timeout,
-                    },
-                    redis.stream_log(),
-                );
-                redis.backends_with(Arc::new(nats))
-            }
-            BrokerKind::Rabbitmq => {
-                let redis = herald_cluster::redis::RedisCluster::new(
-                    redis_settings(&config)?,
-                    node_id.clone(),
-                )?;
-                let amqp = herald_cluster::amqp::AmqpBroker::new(
-                    herald_cluster::amqp::AmqpSettings {
-                        url: config.rabbitmq.url.expose().to_owned(),
-                        exchange: config.rabbitmq.exchange.clone(),
-                        timeout: config.rabbitmq.timeout,
-                    },
-                    redis.stream_log(),
-                );
-                redis.backends_with(Arc::new(amqp))
-            }
-            BrokerKind::Postgres => {
-                let redis = herald_cluster::redis::RedisCluster::new(
-                    redis_settings(&config)?,
-                    node_id.clone(),
-                )?;
-                let pg = herald_cluster::postgres::PostgresBroker::new(
-                    herald_cluster::postgres::PostgresSettings {
-                        url: config.postgres.url.expose().to_owned(),
-                        prefix: config.postgres.prefix.clone(),
-                        timeout: config.postgres.timeout,
-                    },
-                    redis.stream_log(),
-                );
-                redis.backends_with(Arc::new(pg))
-            }
-        };
         let node = Node::start(
             config.limits.clone(),
             config.apps.clone(),
-            backends,
+            backends(&config, &node_id)?,
             metrics,
         )?;
-        let tls = config.server.tls.as_ref().map(TlsState::new).transpose()?;
+        let tls = match (&config.server.tls, &config.tls_key) {
+            (Some(settings), Some(key)) => Some(TlsState::new(settings, key.clone())?),
+            _ => None,
+        };
         let ip_filter = IpFilter::new(
             config.server.ip_allow.clone(),
             config.server.ip_deny.clone(),
@@ -220,19 +223,23 @@ impl Server {
         );
         let bodies =
             crate::http::BodyReader::new(config.server.body_timeout, config.server.max_body_memory);
+        let ingests = ingest_settings(&config, &node_id);
+        let webhooks = config.webhooks.clone();
         Ok(Self {
             shared: Arc::new(Shared {
                 node,
-                config: Arc::new(config),
+                config: Arc::new(config.config().clone()),
                 ip_filter,
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
                 started: tokio::time::Instant::now(),
                 http_sessions: crate::transport::http_session::HttpSessions::new(),
                 bodies,
             }),
             tls,
-            node_id,
+            webhooks,
+            ingests,
         })
     }
 
@@ -274,6 +281,7 @@ impl Server {
         if let Some(rx) = shared.node.take_webhook_receiver() {
             tokio::spawn(crate::webhooks::run(
                 shared.node.clone(),
+                self.webhooks,
                 rx,
                 admin_stop.clone(),
             ));
@@ -282,27 +290,11 @@ impl Server {
             .admin
             .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone(), admin_stop.clone())));
         let mut ingests = Vec::new();
-        for ingest in &shared.config.laravel_ingest {
-            let url = ingest.url.as_ref().unwrap_or(&shared.config.redis.url);
-            let ca_pem = match shared.config.redis.ca_pem_for(url.expose()) {
-                Ok(pem) => pem,
-                Err(e) => {
-                    warn!(error = %e, app = %ingest.app, "Laravel ingest not started");
-                    continue;
-                }
-            };
-            let settings = herald_cluster::ingest::IngestSettings {
-                url: url.expose().to_owned(),
-                ca_pem,
-                app_id: ingest.app.clone(),
-                prefix: ingest.prefix.clone(),
-                channels: ingest.channels.clone(),
-                key_prefix: shared.config.redis.prefix.clone(),
-                node_id: self.node_id.clone(),
-            };
+        for settings in self.ingests {
+            let app = settings.app_id.clone();
             match herald_cluster::ingest::Ingest::spawn(shared.node.clone(), settings) {
                 Ok(i) => ingests.push(i),
-                Err(e) => warn!(error = %e, app = %ingest.app, "Laravel ingest not started"),
+                Err(e) => warn!(error = %e, app = %app, "Laravel ingest not started"),
             }
         }
 
@@ -323,11 +315,23 @@ impl Server {
             .await
             .is_err()
         {
+            // Whatever is left is stuck (a client that does not read, a request that does
+            // not finish): end it now, mid-write or not.
+            let remaining = shared.node.abort_all();
+            shared.hard_stop.cancel();
             warn!(
                 asked,
-                remaining = shared.node.connection_count(),
-                "grace period over; closing the remaining connections"
+                remaining, "grace period over; closing the remaining connections"
             );
+            if tokio::time::timeout(ABORT_WAIT, shared.tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    connections = shared.node.connection_count(),
+                    "connections still open after being closed"
+                );
+            }
         } else {
             info!(closed = asked, "all connections closed");
         }
@@ -336,4 +340,27 @@ impl Server {
             let _ = admin.await;
         }
     }
+}
+
+/// The settings of every `[[laravel_ingest]]`, with the CA validation read.
+fn ingest_settings(
+    config: &Validated,
+    node_id: &Arc<str>,
+) -> Vec<herald_cluster::ingest::IngestSettings> {
+    config
+        .laravel_ingest
+        .iter()
+        .map(|ingest| {
+            let url = ingest.url.as_ref().unwrap_or(&config.redis.url);
+            herald_cluster::ingest::IngestSettings {
+                url: url.expose().to_owned(),
+                ca_pem: config.redis_ca_for(url.expose()),
+                app_id: ingest.app.clone(),
+                prefix: ingest.prefix.clone(),
+                channels: ingest.channels.clone(),
+                key_prefix: config.redis.prefix.clone(),
+                node_id: node_id.clone(),
+            }
+        })
+        .collect()
 }

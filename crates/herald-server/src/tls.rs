@@ -97,8 +97,8 @@ fn stamp(path: &Path) -> FileStamp {
 
 impl TlsState {
     /// Load the certificate and build the acceptor.
-    pub fn new(config: &TlsConfig) -> Result<Arc<Self>, String> {
-        let key = load_certified_key(&config.cert_file, &config.key_file)?;
+    /// The TLS state for `config`, serving `key` (read by validation) until a reload.
+    pub fn new(config: &TlsConfig, key: Arc<CertifiedKey>) -> Result<Arc<Self>, String> {
         let cert = Arc::new(ReloadableCert {
             current: RwLock::new(key),
         });

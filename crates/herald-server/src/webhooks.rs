@@ -46,21 +46,24 @@ struct Endpoint {
 /// Deliver webhooks until `stop` fires or the core's queue closes.
 pub async fn run(
     node: Arc<Node>,
+    targets: HashMap<String, Vec<WebhookTarget>>,
     mut rx: mpsc::Receiver<AppWebhookEvent>,
     stop: CancellationToken,
 ) {
     let mut endpoints: HashMap<Arc<str>, Vec<Endpoint>> = HashMap::new();
     for app in node.apps() {
+        let app_targets = targets.get(&*app.id).map_or(&[][..], Vec::as_slice);
         let list = app
             .settings
             .webhooks
             .iter()
-            .map(|settings| {
+            .zip(app_targets)
+            .map(|(settings, target)| {
                 let (tx, rx) = mpsc::channel(ENDPOINT_QUEUE);
                 tokio::spawn(sender(
                     node.clone(),
                     app.id.clone(),
-                    settings.url.clone(),
+                    target.clone(),
                     rx,
                     stop.clone(),
                 ));
@@ -159,19 +162,12 @@ pub fn event_json(event: &WebhookEvent) -> Value {
 async fn sender(
     node: Arc<Node>,
     app_id: Arc<str>,
-    url: String,
+    target: WebhookTarget,
     mut rx: mpsc::Receiver<Vec<Value>>,
     stop: CancellationToken,
 ) {
     let Some(app) = node.app_by_id(&app_id) else {
         return;
-    };
-    let target = match Target::parse(&url) {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(app = %app_id, error = %e, "invalid webhook url");
-            return;
-        }
     };
     loop {
         let events = tokio::select! {
@@ -218,17 +214,24 @@ async fn sender(
     }
 }
 
-/// A parsed webhook URL.
-struct Target {
+/// A parsed webhook URL: made once, by configuration validation.
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    /// `https`: connect with TLS.
     tls: bool,
+    /// The host to connect to (and to verify the certificate for).
     host: String,
+    /// The port, from the URL or the scheme's default.
     port: u16,
+    /// The `Host` header, and the name in logs (never the path, which may hold a token).
     authority: String,
+    /// The path and query to POST to.
     path: String,
 }
 
-impl Target {
-    fn parse(url: &str) -> Result<Self, String> {
+impl WebhookTarget {
+    /// Parse an `http://` or `https://` URL with a host.
+    pub fn parse(url: &str) -> Result<Self, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
@@ -259,7 +262,12 @@ impl Target {
 }
 
 /// POST `body` to `target`; the HTTP status, or why it failed.
-async fn post(target: &Target, body: Bytes, key: &str, signature: &str) -> Result<u16, String> {
+async fn post(
+    target: &WebhookTarget,
+    body: Bytes,
+    key: &str,
+    signature: &str,
+) -> Result<u16, String> {
     let request = http::Request::post(target.path.as_str())
         .header(http::header::HOST, target.authority.as_str())
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -367,7 +375,7 @@ mod tests {
             channel_prefix: Some("private-".into()),
         };
         assert!(!wanted(&prefix, &e));
-        let t = Target::parse("https://hooks.example.com:8443/pusher?x=1").unwrap();
+        let t = WebhookTarget::parse("https://hooks.example.com:8443/pusher?x=1").unwrap();
         assert!(
             t.tls && t.port == 8443 && t.path == "/pusher?x=1" && t.host == "hooks.example.com"
         );

@@ -1,5 +1,5 @@
-//! `herald serve`: load config (exit 64 if invalid), bind, print where it listens, run until
-//! SIGTERM/SIGINT, drain.
+//! `herald serve`: load and validate the config (exit 64 if invalid), build the server, bind,
+//! print where it listens, run until SIGTERM/SIGINT, drain.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::cli::{ConfigArgs, EXIT_CONFIG, load_config};
-use crate::config::{Config, LogFormat, Overrides};
+use crate::config::{LogFormat, Overrides, Validated};
 use crate::server::{Listeners, Server};
 
 /// Run the server.
@@ -30,19 +30,21 @@ pub fn run(args: &ConfigArgs, overrides: Overrides) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Everything that can fail because of the configuration happens before any port is
+        // bound: validation read every file; building the server reads none.
+        let server = match Server::new(config.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("config error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
         let listeners = match Listeners::bind(&config).await {
             Ok(l) => l,
             Err(e) => {
                 error!("{e}");
                 eprintln!("herald: {e}");
                 return ExitCode::FAILURE;
-            }
-        };
-        let server = match Server::new(config.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("config error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
             }
         };
         announce(&config, &listeners, started);
@@ -55,7 +57,7 @@ pub fn run(args: &ConfigArgs, overrides: Overrides) -> ExitCode {
 
 /// Raise the open-file soft limit to the hard limit (each connection is a descriptor), and
 /// warn when even that is below the configured connection limit.
-fn raise_open_file_limit(config: &Config) {
+fn raise_open_file_limit(config: &Validated) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
             let wanted = u64::from(config.limits.max_connections) + 64;
@@ -74,7 +76,7 @@ fn raise_open_file_limit(config: &Config) {
 }
 
 /// Say where the server listens, and warn loudly about development credentials.
-fn announce(config: &Config, listeners: &Listeners, started: Instant) {
+fn announce(config: &Validated, listeners: &Listeners, started: Instant) {
     let (main, tls, admin) = listeners.addrs();
     info!(%main, tls = ?tls, admin = ?admin, broker = ?config.broker.kind, "herald listening");
     if config.log.format == LogFormat::Text {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
-use super::Config;
+use super::{Config, Validated};
 
 /// Values set by command-line flags, as `(dotted.key, value)`.
 #[derive(Debug, Clone, Default)]
@@ -97,7 +97,7 @@ pub fn load(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &Overrides,
-) -> Result<Config, ConfigError> {
+) -> Result<Validated, ConfigError> {
     let env: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with("HERALD_"))
@@ -163,9 +163,8 @@ pub fn load(
         return Err(ConfigError::Invalid(problems));
     }
 
-    let mut config = deserialize(&mut table, &layered)?;
-    config.validate().map_err(ConfigError::Invalid)?;
-    Ok(config)
+    let config = deserialize(&mut table, &layered)?;
+    config.validate().map_err(ConfigError::Invalid)
 }
 
 /// Deserialise, retrying environment values as strings where a string was wanted.

@@ -291,6 +291,9 @@ async fn run(
     // Set when the buffer overflowed: the resync runs as soon as no command does.
     let mut resync_due = false;
     let ended = 'serve: loop {
+        if handle.is_aborted() {
+            break 'serve CloseCode::GoingAway;
+        }
         handle.take_into(&mut batch);
         if !batch.is_empty() {
             let buffered = buffer(&state, &mut batch, bounds, node.metrics());

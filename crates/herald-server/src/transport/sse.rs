@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_core::metrics::{LocalHistogram, Metrics};
-use herald_core::{OutItem, Session};
+use herald_core::{OutItem, Session, SessionHandle};
 use herald_protocol::CloseCode;
 use herald_protocol::native::{StreamChange, StreamPosition, stream_change};
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -117,14 +117,28 @@ fn write_event(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>, json: &
     out.push(b'\n');
 }
 
-/// Send one chunk, or give up after `write_timeout` (slow consumer) or when the client has
-/// gone (the body was dropped).
-async fn send(tx: &mpsc::Sender<Chunk>, chunk: Vec<u8>, shared: &Shared) -> Result<(), CloseCode> {
+/// Send one chunk, or give up after `write_timeout` (slow consumer), when the client has
+/// gone (the body was dropped), or when the server aborts the connection.
+async fn send(
+    tx: &mpsc::Sender<Chunk>,
+    chunk: Vec<u8>,
+    shared: &Shared,
+    handle: &SessionHandle,
+) -> Result<(), CloseCode> {
     let timeout = shared.config.limits.write_timeout;
-    match tokio::time::timeout(timeout, tx.send(Ok(Frame::data(Bytes::from(chunk))))).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(CloseCode::Normal),
-        Err(_) => Err(CloseCode::SlowConsumer),
+    let sent = tokio::time::timeout(timeout, tx.send(Ok(Frame::data(Bytes::from(chunk)))));
+    let aborted = async {
+        while !handle.is_aborted() {
+            handle.notified().await;
+        }
+    };
+    tokio::select! {
+        sent = sent => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CloseCode::Normal),
+            Err(_) => Err(CloseCode::SlowConsumer),
+        },
+        () = aborted => Err(CloseCode::GoingAway),
     }
 }
 
@@ -154,12 +168,15 @@ async fn run(
     });
     let mut ended: Option<CloseCode> = None;
     'serve: loop {
+        if handle.is_aborted() {
+            break 'serve;
+        }
         handle.take_into(&mut batch);
         if !batch.is_empty() {
             let (out, closed) = events(&mut batch, &mut positions, node.metrics());
             ended = closed;
             if !out.is_empty() {
-                if let Err(code) = send(&tx, out, shared).await {
+                if let Err(code) = send(&tx, out, shared, &handle).await {
                     if code == CloseCode::SlowConsumer {
                         handle.close_slow_consumer(node.metrics());
                     }
@@ -186,7 +203,7 @@ async fn run(
             },
             () = tx.closed() => break 'serve,
             _ = heartbeat.tick() => {
-                if let Err(code) = send(&tx, b": heartbeat\n\n".to_vec(), shared).await {
+                if let Err(code) = send(&tx, b": heartbeat\n\n".to_vec(), shared, &handle).await {
                     ended = Some(code);
                     break 'serve;
                 }

@@ -60,7 +60,8 @@ pub struct WsOptions {
 const FRAMES_PER_WRITE: usize = 128;
 /// Size of the stack buffer reads go through.
 const READ_CHUNK: usize = 8192;
-/// How long the last bytes (a close frame) may take to write before the socket is dropped.
+/// How long the last bytes (a close frame) may take at least before the socket is dropped
+/// (`write_timeout` when that is longer).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the connection has received and not yet handled.
@@ -144,7 +145,13 @@ where
     Box::pin(async {
         commands.into_session().await.close().await;
         if let Some(bytes) = farewell {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_last(&mut io, &bytes)).await;
+            // As patient as any write: a slow reader still gets its 4101. The session is
+            // already released, so waiting costs only the socket.
+            let patience = opts.write_timeout.max(CLOSE_TIMEOUT);
+            tokio::select! {
+                _ = tokio::time::timeout(patience, write_last(&mut io, &bytes)) => {}
+                () = aborted(&handle) => {}
+            }
         }
     })
     .await;
@@ -257,6 +264,9 @@ where
         frame
     };
     loop {
+        if handle.is_aborted() {
+            return Drained::Closed(None);
+        }
         handle.take_into(batch);
         if batch.is_empty() {
             // Drop the deque's storage so an idle connection holds nothing.
@@ -393,6 +403,9 @@ where
             // The producers wake the writer when they overflow its queue; any other
             // wake-up (more queued, a close) waits for this write to finish.
             () = handle.notified() => {
+                if handle.is_aborted() {
+                    return Some(Written::Failed);
+                }
                 if handle.closing() == Some(CloseCode::SlowConsumer) {
                     return Some(Written::Cut(rest_of_frame(frames, written)));
                 }
@@ -422,6 +435,13 @@ fn rest_of_frame(frames: &[(FrameHeader, &[u8])], written: usize) -> Vec<u8> {
         start += len;
     }
     Vec::new()
+}
+
+/// Complete when the connection is aborted (the shutdown grace period is over).
+async fn aborted(handle: &SessionHandle) {
+    while !handle.is_aborted() {
+        handle.notified().await;
+    }
 }
 
 /// Write the connection's last bytes and shut the write side down.

@@ -206,3 +206,90 @@ fn token_command_mints_a_token_the_server_accepts() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// Issue 13, bug 8: validation read the TLS key, then the server read it again after binding.
+/// Now the value validation read is the one the server runs with, so a key that can be read
+/// only once (a pipe, as `<(vault read …)` or systemd credentials give) works.
+#[test]
+fn a_tls_key_that_can_be_read_once_is_read_once() {
+    let dir = std::env::temp_dir().join(format!("herald-cli-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    let fifo = dir.join("key.pem");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success(),
+        "mkfifo"
+    );
+    let pem = key.serialize_pem();
+    let fifo2 = fifo.clone();
+    // Whoever opens the pipe first gets the key; nobody else ever does.
+    let writer = std::thread::spawn(move || std::fs::write(fifo2, pem));
+    let (port, tls, admin) = (free_port(), free_port(), free_port());
+    let config = dir.join("herald.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[server.tls]\nlisten = \"127.0.0.1:{tls}\"\n\
+             cert_file = {:?}\nkey_file = {:?}\nreload_interval = \"0s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+            dir.join("cert.pem"),
+            fifo
+        ),
+    )
+    .unwrap();
+    let mut child = herald()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("ready in") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    let tls_up = ready && std::net::TcpStream::connect(("127.0.0.1", tls)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    writer.join().unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ready, "the server never became ready");
+    assert!(tls_up, "the TLS listener is not up");
+}
+
+/// Issue 13, bug 8: webhook URLs were checked by prefix only, and one that could not be used
+/// silently stopped its sender at run time. Now it is refused before anything starts.
+#[test]
+fn an_unusable_webhook_url_is_a_config_error() {
+    let dir = std::env::temp_dir().join(format!("herald-cli-hook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hook.toml");
+    std::fs::write(
+        &file,
+        "[[apps]]\nid = \"shop\"\nkey = \"shop-key\"\nsecret = \"long-enough-secret\"\n\
+         [[apps.webhooks]]\nurl = \"http://\"\n",
+    )
+    .unwrap();
+    let out = herald()
+        .args(["check-config", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("apps[0].webhooks[0].url"), "{err}");
+}

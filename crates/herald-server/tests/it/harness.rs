@@ -67,7 +67,7 @@ impl TestServer {
         config.server.shutdown_grace_period = Duration::from_secs(3);
         config.apps = vec![test_app()];
         tweak(&mut config);
-        config.validate().expect("test config is valid");
+        let config = config.validate().expect("test config is valid");
         let listeners = Listeners::bind(&config).await.expect("bind");
         let (addr, tls, admin) = listeners.addrs();
         let server = Server::new(config).expect("build server");

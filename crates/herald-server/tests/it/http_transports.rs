@@ -730,3 +730,37 @@ async fn browsers_on_allowed_origins_get_cors_headers() {
     let (_, headers) = preflight("https://evil.test").await;
     assert!(headers.get("access-control-allow-origin").is_none());
 }
+
+/// Issue 13, bug 7: an SSE stream's event ids kept a position for every channel it had ever
+/// touched, and re-sent all of them on every id. Now a channel left is forgotten.
+#[tokio::test]
+async fn sse_event_ids_name_only_the_channels_still_subscribed() {
+    let server = server_with_history(|_| {}).await;
+    let mut sse = SseClient::open(server.addr, "channel=keep", None).await;
+    assert_eq!(sse.next_message().await["type"], "subscribe");
+    for i in 0..20 {
+        let channel = format!("gone-{i}");
+        sse.command(
+            server.addr,
+            json!({"type": "subscribe", "channel": channel}),
+        )
+        .await;
+        assert_eq!(sse.next_message().await["type"], "subscribe");
+        server.publish(&channel, "e", json!(i)).await;
+        assert_eq!(sse.next_message().await["type"], "event");
+        sse.command(
+            server.addr,
+            json!({"type": "unsubscribe", "channel": channel}),
+        )
+        .await;
+        assert_eq!(sse.next_message().await["type"], "unsubscribe");
+    }
+    server.publish("keep", "e", json!("kept")).await;
+    assert_eq!(sse.next_message().await["data"], "kept");
+    let id = sse.last_event_id.clone().unwrap();
+    assert!(id.starts_with("keep:1:"), "{id}");
+    assert!(
+        !id.contains('|'),
+        "positions of channels left are still sent: {id}"
+    );
+}
