@@ -135,6 +135,21 @@ fn event_data(d: Option<&RawValue>, s: Option<Cow<'_, str>>) -> Result<EventData
     }
 }
 
+/// Split a publication frame after its `P`: `offset,epoch,body` (offset and epoch empty when
+/// the publication has no position).
+pub fn split_position(rest: &[u8]) -> Option<(Option<u64>, &str, &[u8])> {
+    let c1 = rest.iter().position(|&b| b == b',')?;
+    let c2 = c1 + 1 + rest[c1 + 1..].iter().position(|&b| b == b',')?;
+    let offset = std::str::from_utf8(&rest[..c1]).ok()?;
+    let epoch = std::str::from_utf8(&rest[c1 + 1..c2]).ok()?;
+    let offset = if offset.is_empty() {
+        None
+    } else {
+        Some(offset.parse().ok()?)
+    };
+    Some((offset, epoch, &rest[c2 + 1..]))
+}
+
 /// Decode a publication, giving it `position`.
 pub fn decode_publication(
     bytes: &[u8],

@@ -88,9 +88,13 @@ struct Broadcast<'a> {
     socket: Option<String>,
 }
 
-/// Turn one message into a publish request; `None` (with the reason logged) when it is not
-/// a broadcast we can accept.
-fn request(prefix: &str, redis_channel: &str, payload: &[u8]) -> Result<PublishRequest, String> {
+/// Turn one Laravel broadcast (the Redis channel it was published on, and its payload) into
+/// a publish request; an error says why it is not a broadcast Herald can accept.
+pub fn broadcast_request(
+    prefix: &str,
+    redis_channel: &str,
+    payload: &[u8],
+) -> Result<PublishRequest, String> {
     let channel = redis_channel
         .strip_prefix(prefix)
         .ok_or("channel outside the prefix")?;
@@ -254,7 +258,7 @@ async fn lead(
                     warn!("Laravel ingest: Redis subscription lost");
                     return false;
                 };
-                match request(&settings.prefix, msg.get_channel_name(), msg.get_payload_bytes()) {
+                match broadcast_request(&settings.prefix, msg.get_channel_name(), msg.get_payload_bytes()) {
                     Ok(req) => {
                         if let Err(r) = node.publish(&app, req).await {
                             warn!(code = ?r.code, message = %r.message, "Laravel ingest: broadcast refused");
@@ -281,7 +285,7 @@ mod tests {
 
     #[test]
     fn laravel_broadcasts_become_publish_requests() {
-        let req = request(
+        let req = broadcast_request(
             "laravel_database_",
             "laravel_database_private-orders.1",
             br#"{"event":"App\\Events\\OrderShipped","data":{"order":{"id":1},"socket":null},"socket":"123.456"}"#,
@@ -295,10 +299,11 @@ mod tests {
             "{:?}",
             req.data
         );
-        let req = request("", "news", br#"{"event":"e","data":"plain","socket":null}"#).unwrap();
+        let req = broadcast_request("", "news", br#"{"event":"e","data":"plain","socket":null}"#)
+            .unwrap();
         assert_eq!(req.exclude, None);
         assert!(matches!(&req.data, EventData::Text(t) if &**t == "plain"));
-        assert!(request("p_", "news", br#"{"event":"e"}"#).is_err());
-        assert!(request("", "news", b"not json").is_err());
+        assert!(broadcast_request("p_", "news", br#"{"event":"e"}"#).is_err());
+        assert!(broadcast_request("", "news", b"not json").is_err());
     }
 }

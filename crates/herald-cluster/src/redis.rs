@@ -36,8 +36,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, ScriptInvocation};
 use tracing::{info, warn};
 
+pub(crate) use crate::envelope::split_position as split_frame;
 pub use broker::RedisBroker;
-pub(crate) use history::split_position as split_frame;
 pub use history::{RedisHistory, StreamLog};
 pub use occupancy::RedisOccupancy;
 pub use presence::RedisPresence;

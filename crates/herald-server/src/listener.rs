@@ -65,7 +65,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option
 }
 
 /// Serve HTTP/1.1 on one connection (with WebSocket upgrades).
-async fn serve_http<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>)
+pub(crate) async fn serve_http<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

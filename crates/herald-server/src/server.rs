@@ -243,6 +243,16 @@ impl Server {
         })
     }
 
+    /// Serve one connection that was accepted elsewhere (any byte stream: a Unix socket, an
+    /// in-memory pipe) exactly as the plain client listener serves its connections, until
+    /// it ends. For embedding and for the fuzzer, which drives the HTTP stack this way.
+    pub async fn serve_connection<IO>(&self, io: IO, peer: SocketAddr)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        crate::listener::serve_http(io, peer, self.shared.clone()).await;
+    }
+
     /// The core node (for tests and embedding).
     pub fn node(&self) -> &Arc<Node> {
         &self.shared.node

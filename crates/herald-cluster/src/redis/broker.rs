@@ -31,9 +31,10 @@ use redis::aio::PubSubSink;
 use tracing::{debug, info, warn};
 
 use super::Link;
-use super::history::{StreamLog, split_position};
+use super::history::StreamLog;
 use crate::backoff::Backoff;
 use crate::envelope;
+use crate::envelope::split_position;
 use crate::shards::Shards;
 
 /// How many publications a channel may catch up after a reconnect.

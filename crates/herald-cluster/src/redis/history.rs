@@ -148,21 +148,6 @@ pub(crate) fn split_entry(entry: &[u8]) -> Option<(u64, &[u8])> {
     Some((offset, &entry[c2 + 1..]))
 }
 
-/// Split a publication frame after its `P`: `offset,epoch,body` (offset and epoch empty when
-/// the publication has no position).
-pub(crate) fn split_position(rest: &[u8]) -> Option<(Option<u64>, &str, &[u8])> {
-    let c1 = rest.iter().position(|&b| b == b',')?;
-    let c2 = c1 + 1 + rest[c1 + 1..].iter().position(|&b| b == b',')?;
-    let offset = std::str::from_utf8(&rest[..c1]).ok()?;
-    let epoch = std::str::from_utf8(&rest[c1 + 1..c2]).ok()?;
-    let offset = if offset.is_empty() {
-        None
-    } else {
-        Some(offset.parse().ok()?)
-    };
-    Some((offset, epoch, &rest[c2 + 1..]))
-}
-
 /// Channel history in Redis.
 pub struct RedisHistory {
     /// The shared command connection.
