@@ -129,6 +129,26 @@ struct Fragmented {
     opcode: OpCode,
     /// The payload so far.
     data: BytesMut,
+    /// How many leading bytes of a text message's `data` are known to be valid UTF-8: each
+    /// fragment is checked as it arrives, so invalid text fails at once (RFC 6455 §8.1, and
+    /// the connection holds no more of it), and a character cut between fragments waits.
+    checked: usize,
+}
+
+impl Fragmented {
+    /// Check the text received since the last check; fail on bytes that can never become
+    /// valid UTF-8, leave an incomplete character at the end for the next fragment.
+    fn check_text(&mut self) -> Result<(), Violation> {
+        if self.opcode != OpCode::Text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => self.checked = self.data.len(),
+            Err(e) if e.error_len().is_some() => return Err(invalid_text()),
+            Err(e) => self.checked += e.valid_up_to(),
+        }
+        Ok(())
+    }
 }
 
 /// Turns received bytes into messages. Holds state only while a fragmented message is open.
@@ -277,12 +297,15 @@ impl Decoder {
                     return Err(Violation::protocol("new message inside a fragmented one"));
                 }
                 if fin {
-                    return finish(opcode, payload).map(Some);
+                    return finish(opcode, payload, 0).map(Some);
                 }
-                self.fragmented = Some(Fragmented {
+                let mut open = Fragmented {
                     opcode,
                     data: payload,
-                });
+                    checked: 0,
+                };
+                open.check_text()?;
+                self.fragmented = Some(open);
                 Ok(None)
             }
             OpCode::Continuation => {
@@ -291,10 +314,11 @@ impl Decoder {
                 };
                 open.data.extend_from_slice(&payload);
                 if !fin {
+                    open.check_text()?;
                     return Ok(None);
                 }
                 let open = self.fragmented.take().expect("checked above");
-                finish(open.opcode, open.data).map(Some)
+                finish(open.opcode, open.data, open.checked).map(Some)
             }
         }
     }
@@ -307,17 +331,22 @@ struct Frame {
     payload: BytesMut,
 }
 
-fn finish(opcode: OpCode, data: BytesMut) -> Result<Message, Violation> {
+/// The message's payload as a message; `checked` leading bytes of text are already known valid.
+fn finish(opcode: OpCode, data: BytesMut, checked: usize) -> Result<Message, Violation> {
     if opcode == OpCode::Text {
-        if std::str::from_utf8(&data).is_err() {
-            return Err(Violation {
-                code: CloseCode::InvalidPayload,
-                reason: "text is not valid utf-8",
-            });
+        if std::str::from_utf8(&data[checked..]).is_err() {
+            return Err(invalid_text());
         }
         Ok(Message::Text(data.freeze()))
     } else {
         Ok(Message::Binary(data.freeze()))
+    }
+}
+
+fn invalid_text() -> Violation {
+    Violation {
+        code: CloseCode::InvalidPayload,
+        reason: "text is not valid utf-8",
     }
 }
 
@@ -460,6 +489,40 @@ mod tests {
             }
         }
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn invalid_text_in_a_fragment_fails_at_once() {
+        // Found by the differential fuzz target: the invalid first fragment used to be
+        // held (and the ping after it answered) until the message ended.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&client_frame(OpCode::Text, false, b"{\"\x87"));
+        buf.extend_from_slice(&client_frame(OpCode::Ping, true, b"p"));
+        let mut d = Decoder::new(Role::Server, 1024);
+        let err = d.decode(&mut buf).unwrap_err();
+        assert_eq!(err.code, CloseCode::InvalidPayload);
+    }
+
+    #[test]
+    fn a_character_cut_between_fragments_is_text() {
+        let euro = "\u{20ac}".as_bytes();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&client_frame(OpCode::Text, false, &euro[..1]));
+        buf.extend_from_slice(&client_frame(OpCode::Continuation, false, &euro[1..2]));
+        buf.extend_from_slice(&client_frame(OpCode::Continuation, true, &euro[2..]));
+        let mut d = Decoder::new(Role::Server, 1024);
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Message::Text(Bytes::from_static("\u{20ac}".as_bytes())))
+        );
+        // ...but an incomplete character at the end of the message is not.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&client_frame(OpCode::Text, false, b"a"));
+        buf.extend_from_slice(&client_frame(OpCode::Continuation, true, &euro[..2]));
+        let err = Decoder::new(Role::Server, 1024)
+            .decode(&mut buf)
+            .unwrap_err();
+        assert_eq!(err.code, CloseCode::InvalidPayload);
     }
 
     #[test]
