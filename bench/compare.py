@@ -4,6 +4,7 @@ medians, min-max and Herald's ratio to each.
 
 Usage: bench/compare.sh SCENARIO [--runs N] [--servers herald,floor,node-ws,soketi]
 (compare.sh builds the binaries and installs the baselines, then calls this script).
+`--servers herald,herald-prev` compares a change with the build before it (see HERALD_PREV).
 
 Every server is started fresh for every run, bound to 127.0.0.1 only, and stopped after it.
 Runs alternate between servers (run 1: all servers, then run 2: all servers, ...) so slow
@@ -23,6 +24,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target", "release", "herald-bench")
 HERALD = os.path.join(ROOT, "target", "release", "herald")
+# The previous build, for same-run comparisons of a change (`--servers herald,herald-prev`):
+# build it from the commit before into this path, or point HERALD_PREV_BIN at it.
+HERALD_PREV = os.environ.get("HERALD_PREV_BIN", os.path.join(ROOT, "target", "prev", "herald"))
 
 # Each server: how to start it, where it listens, and how herald-bench talks to it.
 SERVERS = {
@@ -132,6 +136,13 @@ SERVERS = {
         "args": ["--addr", "127.0.0.1:6301", "--protocol", "pusher", "--app-id", "app", "--app-key", "app-key", "--secret", "app-secret-1234"],
     },
 }
+
+# Every Herald server again, as "<name>-prev", running the previous build.
+for _name in [n for n in SERVERS if n.startswith("herald")]:
+    _prev = {k: v for k, v in SERVERS[_name].items()}
+    _prev["cmd"] = [HERALD_PREV if c == HERALD else c for c in SERVERS[_name]["cmd"]]
+    _prev["extra"] = [[HERALD_PREV if c == HERALD else c for c in cmd] for cmd in SERVERS[_name].get("extra", [])]
+    SERVERS[_name.replace("herald", "herald-prev", 1)] = _prev
 
 # Per scenario: the herald-bench arguments, which servers make sense, and the headline
 # metrics (path in the JSON result, whether higher is better, unit).

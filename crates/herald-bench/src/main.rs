@@ -69,6 +69,15 @@ enum Cmd {
         #[command(flatten)]
         args: scenario::churn::ChurnArgs,
     },
+    /// Mixed load for a long time (WebSocket, SSE and long-poll clients coming and going,
+    /// some abandoning requests, presence churn, steady publishes): server memory and file
+    /// descriptors stay flat, and every count returns to zero when the load stops.
+    Soak {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        args: scenario::soak::SoakArgs,
+    },
     /// Run the floor broadcaster (a bare WebSocket fan-out server) on ADDR.
     Floor {
         /// Address to listen on.
@@ -180,6 +189,11 @@ fn main() -> ExitCode {
         ),
         Cmd::Churn { common, args } => run(
             Box::pin(scenario::churn::run(common.clone(), args)),
+            common.json,
+            &common.label,
+        ),
+        Cmd::Soak { common, args } => run(
+            Box::pin(scenario::soak::run(common.clone(), args)),
             common.json,
             &common.label,
         ),

@@ -5,4 +5,5 @@ pub mod churn;
 pub mod fanout;
 pub mod idle;
 pub mod publish_api;
+pub mod soak;
 pub mod throughput;

@@ -13,7 +13,12 @@ struct Server {
 }
 
 async fn herald() -> Server {
+    herald_with(|_| {}).await
+}
+
+async fn herald_with(adjust: impl FnOnce(&mut herald_server::config::Config)) -> Server {
     let mut config = herald_server::config::Config::default();
+    adjust(&mut config);
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.limits.max_connections_per_ip = 0;
@@ -173,6 +178,60 @@ async fn every_scenario_delivers_everything() {
     .await;
     assert_eq!(r["cycles_ok"], 300, "{r:#}");
     assert_no_loss(&r);
+}
+
+/// A few seconds of the soak: every transport cycles, some HTTP clients abandon their
+/// requests, and every count returns to zero once the abandoned sessions time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_cycles_every_transport_and_drains() {
+    let server = herald_with(|c| {
+        c.long_poll.poll_timeout = Duration::from_secs(1);
+        c.long_poll.session_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let admin = server.admin.to_string();
+    let r = bench(args(
+        "soak",
+        server.addr,
+        &[
+            "--admin",
+            &admin,
+            "--secs",
+            "6",
+            "--warmup-secs",
+            "2",
+            "--sample-secs",
+            "1",
+            "--clients",
+            "30",
+            "--channels",
+            "4",
+            "--publish-rate",
+            "50",
+            "--presence-share",
+            "0.5",
+            "--abandon-share",
+            "0.5",
+            "--min-life-secs",
+            "1",
+            "--max-life-secs",
+            "2",
+            "--drain-secs",
+            "20",
+        ],
+    ))
+    .await;
+    for transport in ["ws", "sse", "long_poll"] {
+        assert!(r["cycles"][transport].as_u64().unwrap() > 0, "{r:#}");
+    }
+    assert!(r["abandoned_mid_request"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(r["failed_cycles"], serde_json::json!({}), "{r:#}");
+    assert_eq!(r["publishes_failed"], 0, "{r:#}");
+    assert!(r["messages_received"].as_u64().unwrap() > 0, "{r:#}");
+    assert!(r["drained_after_secs"].is_number(), "{r:#}");
+    assert_eq!(r["after_drain"]["connections"], 0, "{r:#}");
+    assert_eq!(r["after_drain"]["http_sessions"], 0, "{r:#}");
+    assert_eq!(r["after_drain"]["presence"], 0, "{r:#}");
 }
 
 #[tokio::test]

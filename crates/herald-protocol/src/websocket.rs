@@ -356,7 +356,11 @@ fn parse_close(payload: &[u8]) -> Result<Option<(u16, String)>, Violation> {
         1 => Err(Violation::protocol("close payload of one byte")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            // RFC 6455 §7.4's codes an endpoint may send, the IANA-registered 1012 (service
+            // restart) and 1013 (try again later), and the registered and private ranges.
+            // 1014 (bad gateway) is for gateways, not clients. Found by the differential
+            // fuzz target: 1012 and 1013 used to be refused.
+            let valid = matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999);
             if !valid {
                 return Err(Violation::protocol("invalid close code"));
             }
@@ -625,6 +629,28 @@ mod tests {
             Some(Message::Close(Some((4101, "slow consumer".into()))))
         );
         assert_eq!(close_payload(1000, &"é".repeat(100)).len(), 2 + 122);
+    }
+
+    #[test]
+    fn registered_close_codes_are_accepted_and_reserved_ones_refused() {
+        let close = |code: u16| {
+            let mut buf =
+                BytesMut::from(&client_frame(OpCode::Close, true, &code.to_be_bytes())[..]);
+            Decoder::new(Role::Server, 1024).decode(&mut buf)
+        };
+        for code in [1000, 1001, 1003, 1007, 1011, 1012, 1013, 3000, 4999] {
+            assert_eq!(
+                close(code).unwrap(),
+                Some(Message::Close(Some((code, String::new()))))
+            );
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000] {
+            assert_eq!(
+                close(code).unwrap_err().code,
+                CloseCode::ProtocolError,
+                "{code}"
+            );
+        }
     }
 
     #[test]

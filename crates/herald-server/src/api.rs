@@ -245,11 +245,7 @@ fn rate_limit(app: &App, n: usize) -> Result<(), Response<Body>> {
 }
 
 async fn publish(shared: &Arc<Shared>, app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let body = match shared
-        .bodies
-        .read(req, shared.config.server.max_body_bytes)
-        .await
-    {
+    let body = match shared.api_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -341,11 +337,7 @@ struct BatchBody<'a> {
 }
 
 async fn batch(shared: &Arc<Shared>, app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let body = match shared
-        .bodies
-        .read(req, shared.config.server.max_body_bytes)
-        .await
-    {
+    let body = match shared.api_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -410,11 +402,7 @@ async fn direct(
     req: Request<Incoming>,
     target: Target,
 ) -> Response<Body> {
-    let body = match shared
-        .bodies
-        .read(req, shared.config.server.max_body_bytes)
-        .await
-    {
+    let body = match shared.api_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -459,11 +447,7 @@ async fn disconnect(
     req: Request<Incoming>,
     user: &str,
 ) -> Response<Body> {
-    let body = match shared
-        .bodies
-        .read(req, shared.config.server.max_body_bytes)
-        .await
-    {
+    let body = match shared.api_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
     };

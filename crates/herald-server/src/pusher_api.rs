@@ -70,11 +70,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>, path: &[&str]) -> R
         Ok(p) => p,
         Err(r) => return error(&r),
     };
-    let body = match shared
-        .bodies
-        .read(req, shared.config.server.max_body_bytes)
-        .await
-    {
+    let body = match shared.api_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
     };

@@ -55,6 +55,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Read an HTTP API request's body, within `server.max_body_bytes` and the body bounds.
+    pub async fn api_body(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> Result<crate::http::RequestBody, http::Response<crate::http::Body>> {
+        self.bodies
+            .read(req, self.config.server.max_body_bytes)
+            .await
+    }
+
     /// WebSocket transport options from the node limits.
     pub fn ws_options(&self) -> WsOptions {
         WsOptions {
