@@ -155,6 +155,16 @@ SCENARIOS = {
             ("connect_rate_per_sec", True, "conn/s"),
         ],
     },
+    # The same, reading memory after 15 s instead of 3: what the connections hold, once the
+    # allocator has returned what the connects used for a moment (jemalloc's decay is 10 s).
+    "idle-settled": {
+        "args": ["idle", "--connections", "15000", "--channels", "100", "--workers", "2", "--source-ips", "4", "--inflight", "1024",
+                 "--settle-secs", "15"],
+        "servers": ["herald", "node-ws", "soketi"],
+        "metrics": [
+            ("server_bytes_per_connection", False, "bytes/conn"),
+        ],
+    },
     "fanout": {
         "args": ["fanout", "--subscribers", "10000", "--messages", "20", "--rate", "4", "--workers", "2", "--source-ips", "2"],
         "servers": ["herald", "floor", "node-ws", "soketi"],

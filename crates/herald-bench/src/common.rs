@@ -261,18 +261,23 @@ pub async fn paced_publish(
     Ok(total_out)
 }
 
+/// The resident memory of process `pid`, bytes (from `/proc/PID/status`).
+pub fn proc_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// Where the server's memory is read from.
 pub async fn server_rss(c: &CommonArgs) -> Option<u64> {
     if let Some(pid) = c.server_pid {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        return Some(kb * 1024);
+        return proc_rss(pid);
     }
     let url = c.status_url.as_ref()?;
     let rest = url.strip_prefix("http://")?;

@@ -77,6 +77,10 @@ struct Queue {
     bytes: usize,
     /// Set once a close is queued; later pushes are dropped.
     closing: Option<CloseCode>,
+    /// The writer is writing a batch it took with [`SessionHandle::take_batch_into`] and
+    /// will look again before it waits: a push then needs no wake-up. Waking a writer
+    /// whose write is pending costs a task poll and this lock for nothing.
+    writing: bool,
 }
 
 /// A connection as the rest of the node sees it: its identity and its outbound queue.
@@ -217,11 +221,11 @@ impl SessionHandle {
             self.notify.notify_one();
             return PushOutcome::SlowConsumer;
         }
-        let was_empty = q.items.is_empty();
+        let wake = q.items.is_empty() && !q.writing;
         q.items.push_back(item);
         q.bytes += len;
         drop(q);
-        if was_empty {
+        if wake {
             self.notify.notify_one();
         }
         PushOutcome::Queued
@@ -279,6 +283,18 @@ impl SessionHandle {
         let mut q = self.queue.lock();
         std::mem::swap(&mut q.items, out);
         q.bytes = 0;
+    }
+
+    /// [`SessionHandle::take_into`] for a writer that drains the queue until it is empty:
+    /// while the batch it took is not empty, pushes do not wake it (it looks again when the
+    /// batch is written); once it finds the queue empty, they do again. Closes, overflows
+    /// and aborts always wake it. A writer using this must call it again before it waits.
+    pub fn take_batch_into(&self, out: &mut VecDeque<OutItem>) {
+        debug_assert!(out.is_empty());
+        let mut q = self.queue.lock();
+        std::mem::swap(&mut q.items, out);
+        q.bytes = 0;
+        q.writing = !out.is_empty();
     }
 
     /// Wait until something is queued. Returns at once if something was queued since the
@@ -378,5 +394,41 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(matches!(out[1], OutItem::Close(CloseCode::GoingAway)));
         assert_eq!(h.closing(), Some(CloseCode::GoingAway));
+    }
+
+    /// Whether a wake-up is pending (without waiting for one).
+    async fn woken(h: &SessionHandle) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(20), h.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_writer_draining_its_batch_is_woken_only_when_it_must_be() {
+        let m = Metrics::new();
+        let h = handle(100, 10);
+        h.push_message(Bytes::from_static(b"a"), None, &m);
+        assert!(woken(&h).await, "the first push wakes an idle writer");
+        let mut out = VecDeque::new();
+        h.take_batch_into(&mut out);
+        assert_eq!(out.len(), 1);
+        // While the batch is written, more pushes are picked up by the next take.
+        h.push_message(Bytes::from_static(b"b"), None, &m);
+        assert!(!woken(&h).await, "no wake-up while the writer is writing");
+        out.clear();
+        h.take_batch_into(&mut out);
+        assert_eq!(out.len(), 1);
+        // An overflow wakes it mid-write (to stop and send 4101).
+        for _ in 0..10 {
+            h.push_message(Bytes::from_static(b"c"), None, &m);
+        }
+        assert!(!woken(&h).await);
+        h.push_message(Bytes::from_static(b"d"), None, &m);
+        assert!(woken(&h).await, "an overflow wakes a writing writer");
+        // Once the writer finds the queue empty, a push wakes it again.
+        let h = handle(100, 10);
+        h.take_batch_into(&mut VecDeque::new());
+        h.push_message(Bytes::from_static(b"e"), None, &m);
+        assert!(woken(&h).await);
     }
 }

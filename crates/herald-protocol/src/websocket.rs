@@ -132,7 +132,9 @@ struct Fragmented {
     /// How many leading bytes of a text message's `data` are known to be valid UTF-8: each
     /// fragment is checked as it arrives, so invalid text fails at once (RFC 6455 §8.1, and
     /// the connection holds no more of it), and a character cut between fragments waits.
-    checked: usize,
+    /// A `u32` (messages are far smaller) keeps it in the opcode's padding: every
+    /// connection's decoder holds this struct.
+    checked: u32,
 }
 
 impl Fragmented {
@@ -142,11 +144,15 @@ impl Fragmented {
         if self.opcode != OpCode::Text {
             return Ok(());
         }
-        match std::str::from_utf8(&self.data[self.checked..]) {
-            Ok(_) => self.checked = self.data.len(),
+        let from = self.checked as usize;
+        let valid_to = match std::str::from_utf8(&self.data[from..]) {
+            Ok(_) => self.data.len(),
             Err(e) if e.error_len().is_some() => return Err(invalid_text()),
-            Err(e) => self.checked += e.valid_up_to(),
-        }
+            Err(e) => from + e.valid_up_to(),
+        };
+        // A message past 4 GiB is refused by its size long before; re-checking from 0 is
+        // merely slower.
+        self.checked = u32::try_from(valid_to).unwrap_or(0);
         Ok(())
     }
 }
@@ -318,7 +324,7 @@ impl Decoder {
                     return Ok(None);
                 }
                 let open = self.fragmented.take().expect("checked above");
-                finish(open.opcode, open.data, open.checked).map(Some)
+                finish(open.opcode, open.data, open.checked as usize).map(Some)
             }
         }
     }

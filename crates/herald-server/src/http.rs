@@ -153,15 +153,22 @@ impl BodyReader {
             },
         };
         let mut reserved = self.reserve(declared)?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        // One timer for the whole body, registered only if a frame is not ready at once.
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
         let mut body = req.into_body();
         // Most bodies arrive as one frame: keep it without copying; concatenate otherwise.
         let mut first: Option<Bytes> = None;
         let mut rest: Vec<u8> = Vec::new();
         let mut total = 0usize;
         loop {
-            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-                Err(_) => {
+            let next = tokio::select! {
+                biased;
+                frame = body.frame() => Ok(frame),
+                () = &mut deadline => Err(()),
+            };
+            let frame = match next {
+                Err(()) => {
                     return Err(fail(
                         ErrorCode::RequestTimeout,
                         format!(

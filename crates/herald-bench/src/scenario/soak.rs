@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::idle::round;
 use crate::CommonArgs;
-use crate::common::{end_progress, paced_publish, progress_line, target};
+use crate::common::{end_progress, paced_publish, proc_rss, progress_line, target};
 use clients::{Ctx, PRESENCE_CHANNELS};
 
 /// Options of the soak scenario.
@@ -139,8 +139,16 @@ pub async fn run(c: CommonArgs, a: SoakArgs) -> Result<Value, String> {
         .map(|i| tokio::spawn(clients::client(i, ctx.clone())))
         .collect();
     let mut samples = Vec::new();
-    while Instant::now() < ctx.deadline {
-        tokio::time::sleep(Duration::from_secs(a.sample_secs.max(1))).await;
+    loop {
+        // Samples are taken under load only: one at the deadline would catch the clients
+        // leaving, which is the drain's to measure.
+        let wait = Duration::from_secs(a.sample_secs.max(1));
+        let left = ctx.deadline.saturating_duration_since(Instant::now());
+        if left <= wait {
+            tokio::time::sleep(left).await;
+            break;
+        }
+        tokio::time::sleep(wait).await;
         let s = sample(&c, &a, started).await;
         progress(&ctx, &s);
         samples.push(s);
@@ -193,7 +201,7 @@ async fn sample(c: &CommonArgs, a: &SoakArgs, started: Instant) -> Sample {
     let pid = c.server_pid;
     Sample {
         at: started.elapsed().as_secs_f64(),
-        rss: pid.and_then(rss),
+        rss: pid.and_then(proc_rss),
         fds: pid.and_then(|p| {
             std::fs::read_dir(format!("/proc/{p}/fd"))
                 .ok()
@@ -203,18 +211,6 @@ async fn sample(c: &CommonArgs, a: &SoakArgs, started: Instant) -> Sample {
         http_sessions: status.as_ref().and_then(|v| v["http_sessions"].as_u64()),
         presence,
     }
-}
-
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 /// `GET path` on a fresh connection (HTTP/1.0, so the body ends with the connection), as JSON.

@@ -132,7 +132,10 @@ async fn send(
             handle.notified().await;
         }
     };
+    // Biased: the send is usually ready at once, and then the abort watch is never polled
+    // (polling it first would register with the queue's wake-up, on every send).
     tokio::select! {
+        biased;
         sent = sent => match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(CloseCode::Normal),

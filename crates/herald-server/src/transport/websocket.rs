@@ -267,7 +267,8 @@ where
         if handle.is_aborted() {
             return Drained::Closed(None);
         }
-        handle.take_into(batch);
+        // Pushes do not wake this task while it writes what it took: it looks again here.
+        handle.take_batch_into(batch);
         if batch.is_empty() {
             // Drop the deque's storage so an idle connection holds nothing.
             *batch = VecDeque::new();
@@ -400,8 +401,8 @@ where
                     IoSlice::advance_slices(&mut remaining, n);
                 }
             },
-            // The producers wake the writer when they overflow its queue; any other
-            // wake-up (more queued, a close) waits for this write to finish.
+            // While a batch is written, producers wake the writer only to overflow its
+            // queue, close or abort it (`take_batch_into`); a close waits for this write.
             () = handle.notified() => {
                 if handle.is_aborted() {
                     return Some(Written::Failed);
