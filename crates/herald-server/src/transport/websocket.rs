@@ -512,6 +512,14 @@ pub fn handshake<B>(
     use herald_protocol::ErrorCode;
     use http::{StatusCode, header};
 
+    // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 (or later) GET. Found by the
+    // `http_request` fuzz target: an HTTP/1.0 request was upgraded.
+    if req.version() < http::Version::HTTP_11 {
+        return Err(fail(
+            ErrorCode::InvalidRequest,
+            "a WebSocket upgrade needs HTTP/1.1",
+        ));
+    }
     if !header_has_token(req, "upgrade", "websocket")
         || !header_has_token(req, "connection", "upgrade")
     {

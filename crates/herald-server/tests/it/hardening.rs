@@ -535,6 +535,28 @@ async fn an_unfinished_message_kept_alive_by_pings_is_closed_in_time() {
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
+/// Found by the `http_request` fuzz target: an HTTP/1.0 request was upgraded to a WebSocket
+/// (RFC 6455 asks for HTTP/1.1 or later), answered with `HTTP/1.0 101`.
+#[tokio::test]
+async fn a_websocket_upgrade_over_http_1_0_is_refused() {
+    let server = TestServer::start().await;
+    let head = |version: &str| {
+        format!(
+            "GET /ws/herald-dev-key {version}\r\nHost: x\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    let mut old = raw_request(&server, &head("HTTP/1.0"), b"").await;
+    let (status, body) = read_response(&mut old, Duration::from_secs(3)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("HTTP/1.1"), "{body}");
+    let mut current = raw_request(&server, &head("HTTP/1.1"), b"").await;
+    let mut buf = [0u8; 12];
+    current.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 101");
+}
+
 /// Bug 7: the admin listener had no header timeout: a connection that sent nothing stayed.
 #[tokio::test]
 async fn the_admin_listener_closes_connections_that_send_no_request() {
