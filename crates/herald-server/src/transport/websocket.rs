@@ -345,7 +345,12 @@ where
     {
         return stop;
     }
-    match tokio::time::timeout_at(deadline, io.flush()).await {
+    // A plain socket's flush is always ready; TLS may have bytes left to write.
+    let flushed = match ready_now(io.flush()).await {
+        Some(flushed) => Ok(flushed),
+        None => tokio::time::timeout_at(deadline, io.flush()).await,
+    };
+    match flushed {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Written::Failed,
         Err(_) => return Written::TimedOut,
@@ -392,29 +397,50 @@ where
     let mut remaining = &mut slices[..];
     let mut written = 0usize;
     while !remaining.is_empty() {
-        tokio::select! {
-            biased;
-            result = io.write_vectored(remaining) => match result {
-                Ok(0) | Err(_) => return Some(Written::Failed),
-                Ok(n) => {
-                    written += n;
-                    IoSlice::advance_slices(&mut remaining, n);
+        // Most writes complete at once: try before setting up the wait (a timer and the
+        // queue's wake-up), which costs more than the rest of a small write.
+        let result = match ready_now(io.write_vectored(remaining)).await {
+            Some(result) => result,
+            None => tokio::select! {
+                biased;
+                result = io.write_vectored(remaining) => result,
+                // While a batch is written, producers wake the writer only to overflow its
+                // queue, close or abort it (`take_batch_into`); a close waits for this write.
+                () = handle.notified() => {
+                    if handle.is_aborted() {
+                        return Some(Written::Failed);
+                    }
+                    if handle.closing() == Some(CloseCode::SlowConsumer) {
+                        return Some(Written::Cut(rest_of_frame(frames, written)));
+                    }
+                    continue;
                 }
+                () = tokio::time::sleep_until(deadline) => return Some(Written::TimedOut),
             },
-            // While a batch is written, producers wake the writer only to overflow its
-            // queue, close or abort it (`take_batch_into`); a close waits for this write.
-            () = handle.notified() => {
-                if handle.is_aborted() {
-                    return Some(Written::Failed);
-                }
-                if handle.closing() == Some(CloseCode::SlowConsumer) {
-                    return Some(Written::Cut(rest_of_frame(frames, written)));
-                }
+        };
+        match result {
+            Ok(0) | Err(_) => return Some(Written::Failed),
+            Ok(n) => {
+                written += n;
+                IoSlice::advance_slices(&mut remaining, n);
             }
-            () = tokio::time::sleep_until(deadline) => return Some(Written::TimedOut),
         }
     }
     None
+}
+
+/// Poll `fut` once: its output if it is ready now, `None` if it would wait. (The pending
+/// poll leaves this task's waker registered, which is harmless: the caller waits on the
+/// same operation next.)
+async fn ready_now<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    poll_fn(|cx| {
+        Poll::Ready(match fut.as_mut().poll(cx) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 /// The unwritten bytes of the frame in which the first `written` bytes of `frames` end
