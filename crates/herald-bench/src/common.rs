@@ -274,6 +274,27 @@ pub fn proc_rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// `GET path` from `authority` on a fresh connection (HTTP/1.0, so the body ends with the
+/// connection), as JSON; `None` on any failure or after 5 s.
+pub async fn get_json(authority: &str, path: &str, bearer: Option<&str>) -> Option<Value> {
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let auth = bearer
+            .map(|b| format!("Authorization: Bearer {b}\r\n"))
+            .unwrap_or_default();
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n{auth}\r\n");
+        stream.write_all(req.as_bytes()).await.ok()?;
+        let mut body = Vec::new();
+        stream.read_to_end(&mut body).await.ok()?;
+        let text = String::from_utf8_lossy(&body);
+        let start = text.find("\r\n\r\n")? + 4;
+        serde_json::from_str(&text[start..]).ok()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), fetch)
+        .await
+        .ok()?
+}
+
 /// Where the server's memory is read from.
 pub async fn server_rss(c: &CommonArgs) -> Option<u64> {
     if let Some(pid) = c.server_pid {
@@ -284,14 +305,7 @@ pub async fn server_rss(c: &CommonArgs) -> Option<u64> {
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-    let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.ok()?;
-    let mut body = Vec::new();
-    stream.read_to_end(&mut body).await.ok()?;
-    let text = String::from_utf8_lossy(&body);
-    let json_start = text.find("\r\n\r\n")? + 4;
-    let v: Value = serde_json::from_str(&text[json_start..]).ok()?;
+    let v = get_json(authority, &path, None).await?;
     v["memory_rss_bytes"].as_u64()
 }
 

@@ -23,12 +23,11 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::idle::round;
 use crate::CommonArgs;
-use crate::common::{end_progress, paced_publish, proc_rss, progress_line, target};
+use crate::common::{end_progress, get_json, paced_publish, proc_rss, progress_line, target};
 use clients::{Ctx, PRESENCE_CHANNELS};
 
 /// Options of the soak scenario.
@@ -189,11 +188,11 @@ fn progress(ctx: &Ctx, s: &Sample) {
 
 /// Read everything a sample holds.
 async fn sample(c: &CommonArgs, a: &SoakArgs, started: Instant) -> Sample {
-    let status = get_json(a.admin, "/status", None).await;
+    let status = get_json(&a.admin.to_string(), "/status", None).await;
     let mut presence = Some(0u64);
     for i in 0..PRESENCE_CHANNELS {
         let path = format!("/api/{}/channels/presence-soak-{i}/presence", c.app_id);
-        let count = get_json(c.addr, &path, Some(&c.secret))
+        let count = get_json(&c.addr.to_string(), &path, Some(&c.secret))
             .await
             .and_then(|v| v["count"].as_u64());
         presence = presence.zip(count).map(|(a, b)| a + b);
@@ -211,26 +210,6 @@ async fn sample(c: &CommonArgs, a: &SoakArgs, started: Instant) -> Sample {
         http_sessions: status.as_ref().and_then(|v| v["http_sessions"].as_u64()),
         presence,
     }
-}
-
-/// `GET path` on a fresh connection (HTTP/1.0, so the body ends with the connection), as JSON.
-async fn get_json(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Option<Value> {
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let auth = bearer
-            .map(|b| format!("Authorization: Bearer {b}\r\n"))
-            .unwrap_or_default();
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n");
-        stream.write_all(req.as_bytes()).await.ok()?;
-        let mut body = Vec::new();
-        stream.read_to_end(&mut body).await.ok()?;
-        let text = String::from_utf8_lossy(&body);
-        let start = text.find("\r\n\r\n")? + 4;
-        serde_json::from_str(&text[start..]).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .ok()?
 }
 
 /// The largest deviation of `pick` from the reference, in percent, over `samples`.
