@@ -23,16 +23,21 @@ use tokio::sync::mpsc;
 use crate::http::{Body, bearer, error, fail, header_str, json as json_response};
 use crate::server::Shared;
 
-/// Commands one session may have waiting for its task; more answer 429.
+/// Command POSTs one session may have waiting for its task; more answer 429.
 const COMMAND_QUEUE: usize = 16;
+
+/// Requests one command POST may carry as a JSON array. A client batches what it has to
+/// send (every subscribe of a reconnect, say) into one POST; the body size limit
+/// (`max_message_size`) bounds the batch as well.
+pub const MAX_BATCH: usize = 100;
 
 /// A live HTTP session, as the request handlers see it.
 #[derive(Debug)]
 pub struct HttpSession {
     /// The app key the session was opened with; commands must name the same.
     pub app_key: Box<str>,
-    /// Client messages for the session's task.
-    pub commands: mpsc::Sender<Bytes>,
+    /// Client messages for the session's task, one batch per POST, handled in order.
+    pub commands: mpsc::Sender<Vec<Bytes>>,
     /// The session's handle, to end it (`DELETE`).
     pub handle: Arc<herald_core::SessionHandle>,
     /// Long-polling sessions: the buffer polls read from.
@@ -87,7 +92,7 @@ impl HttpSessions {
 }
 
 /// A new command queue.
-pub fn command_queue() -> (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>) {
+pub fn command_queue() -> (mpsc::Sender<Vec<Bytes>>, mpsc::Receiver<Vec<Bytes>>) {
     mpsc::channel(COMMAND_QUEUE)
 }
 
@@ -145,8 +150,9 @@ pub async fn subscribe_initial(
     Ok(())
 }
 
-/// `POST /{sse|poll}/{app_key}/{session}`: hand a client message to the session's task.
-/// Replies arrive on the stream (SSE) or in the next poll (long-polling).
+/// `POST /{sse|poll}/{app_key}/{session}`: hand a client message, or a JSON array of up to
+/// [`MAX_BATCH`] of them, to the session's task, which handles them in order. Replies
+/// arrive on the stream (SSE) or in the next poll (long-polling).
 pub async fn command(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
@@ -167,7 +173,11 @@ pub async fn command(
         Ok(b) => b,
         Err(r) => return r,
     };
-    match session.commands.try_send(body.into_bytes()) {
+    let batch = match split_batch(body.into_bytes()) {
+        Ok(batch) => batch,
+        Err(refusal) => return refusal,
+    };
+    match session.commands.try_send(batch) {
         Ok(()) => json_response(StatusCode::ACCEPTED, &json!({})),
         Err(mpsc::error::TrySendError::Full(_)) => fail(
             ErrorCode::RateLimited,
@@ -177,6 +187,30 @@ pub async fn command(
             fail(ErrorCode::NotFound, "the session has ended")
         }
     }
+}
+
+/// The requests of one command POST: the body itself, or each element of a JSON array.
+/// Elements are passed on as their raw text, so each is validated like a WebSocket message.
+fn split_batch(body: Bytes) -> Result<Vec<Bytes>, Response<Body>> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return Ok(vec![body]);
+    }
+    let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&body).map_err(|_| {
+        fail(
+            ErrorCode::InvalidJson,
+            "the body is not a JSON array of requests",
+        )
+    })?;
+    if items.len() > MAX_BATCH {
+        return Err(fail(
+            ErrorCode::TooManyChannels,
+            format!("at most {MAX_BATCH} requests in one batch"),
+        ));
+    }
+    Ok(items
+        .iter()
+        .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()))
+        .collect())
 }
 
 /// Positions in `Last-Event-ID` form: `channel:offset:epoch`, joined by `|`. Neither

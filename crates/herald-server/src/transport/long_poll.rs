@@ -265,7 +265,7 @@ pub fn close(shared: &Arc<Shared>, app_key: &str, id: &str) -> Response<Body> {
 async fn run(
     shared: &Arc<Shared>,
     mut session: Session,
-    mut commands: mpsc::Receiver<Bytes>,
+    mut commands: mpsc::Receiver<Vec<Bytes>>,
     state: Arc<PollState>,
     channels: Vec<String>,
     resume: Vec<(String, herald_protocol::native::StreamPosition)>,
@@ -316,7 +316,7 @@ async fn run(
                 }
             }
             command = commands.recv(), if !running.is_busy() => match command {
-                Some(text) => running.handle_texts(vec![text]),
+                Some(texts) => running.handle_texts(texts),
                 None => break 'serve CloseCode::Normal,
             },
             _ = tick.tick() => {

@@ -148,7 +148,7 @@ async fn send(
 async fn run(
     shared: &Arc<Shared>,
     session: Session,
-    mut commands: mpsc::Receiver<Bytes>,
+    mut commands: mpsc::Receiver<Vec<Bytes>>,
     tx: mpsc::Sender<Chunk>,
     channels: Vec<String>,
     resume: Vec<(String, StreamPosition)>,
@@ -201,7 +201,7 @@ async fn run(
                 }
             }
             command = commands.recv(), if !running.is_busy() => match command {
-                Some(text) => running.handle_texts(vec![text]),
+                Some(texts) => running.handle_texts(texts),
                 None => break 'serve,
             },
             () = tx.closed() => break 'serve,

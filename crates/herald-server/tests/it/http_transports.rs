@@ -764,3 +764,56 @@ async fn sse_event_ids_name_only_the_channels_still_subscribed() {
         "positions of channels left are still sent: {id}"
     );
 }
+
+#[tokio::test]
+async fn a_command_post_may_carry_a_batch_handled_in_order() {
+    let server = server_with_history(|_| {}).await;
+    let mut poll = PollClient::open(server.addr, "").await;
+    let connected = poll.poll().await;
+    assert_eq!(connected[0]["type"], "connected");
+    // One POST, three requests: replies come in request order.
+    poll.command(json!([
+        {"type": "subscribe", "channel": "a", "ref": 1},
+        {"type": "subscribe", "channel": "b", "ref": 2},
+        {"type": "unsubscribe", "channel": "a", "ref": 3},
+    ]))
+    .await;
+    let mut replies = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while replies.len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "got {replies:?}");
+        replies.extend(poll.poll().await);
+    }
+    let refs: Vec<_> = replies
+        .iter()
+        .map(|r| (r["type"].clone(), r["ref"].clone()))
+        .collect();
+    assert_eq!(
+        refs,
+        vec![
+            (json!("subscribe"), json!(1)),
+            (json!("subscribe"), json!(2)),
+            (json!("unsubscribe"), json!(3)),
+        ]
+    );
+
+    // A malformed array, or one over the batch limit, is refused with a JSON error and
+    // handles nothing.
+    let path = format!("/poll/{APP_KEY}/{}", poll.session);
+    let (status, body, _) = http(server.addr, "POST", &path, Some("[{]".into()), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_json"), "{body}");
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({"type": "subscribe", "channel": format!("c{i}")}))
+        .collect();
+    let (status, body, _) = http(
+        server.addr,
+        "POST",
+        &path,
+        Some(Value::from(many).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("too_many_channels"), "{body}");
+}
