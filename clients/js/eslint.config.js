@@ -1,6 +1,7 @@
 // Lint: the recommended and type-aware rules of typescript-eslint on the sources, the
 // recommended JavaScript rules on the build script and tests.
 import js from '@eslint/js';
+import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
@@ -17,13 +18,9 @@ export default tseslint.config(
   {
     files: ['**/*.mjs', '**/*.js'],
     extends: [js.configs.recommended],
-    languageOptions: {
-      globals: {
-        console: 'readonly', process: 'readonly', fetch: 'readonly', URL: 'readonly', setTimeout: 'readonly',
-        clearTimeout: 'readonly', Buffer: 'readonly', window: 'readonly', document: 'readonly', globalThis: 'readonly',
-        TextEncoder: 'readonly', TextDecoder: 'readonly', AbortController: 'readonly', Herald: 'readonly',
-      },
-    },
+    // Tests and scripts run in Node; pages and page callbacks in the browser (`herald` is the
+    // page's client).
+    languageOptions: { globals: { ...globals.node, ...globals.browser, Herald: 'readonly', herald: 'readonly' } },
     rules: { 'no-unused-vars': ['error', { argsIgnorePattern: '^_' }] },
   },
 );

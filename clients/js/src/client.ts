@@ -218,9 +218,7 @@ export class Herald extends Events<ClientEvents> implements SubscriptionOwner {
 
   /** Send a request on the open session; false when there is none. */
   send(msg: object): boolean {
-    if (this.state !== 'connected' || !this.session) return false;
-    this.session.send(msg);
-    return true;
+    return this.state === 'connected' && !!this.session?.send(msg);
   }
 
   private setState(state: ConnectionState): void {
@@ -277,7 +275,7 @@ export class Herald extends Events<ClientEvents> implements SubscriptionOwner {
     } catch {
       // Unusable here (no WebSocket): fail like a refused connection, after this call returns.
       setTimeout(() => hooks.closed(1006, `${name} unavailable`));
-      return { send() {}, close() {} };
+      return { send: () => false, close() {} };
     }
   }
 

@@ -54,8 +54,9 @@ export interface TransportHooks {
 
 /** An open (or opening) session on one transport. */
 export interface Transport {
-  /** Send requests, in order. HTTP transports batch what is sent in one tick into one POST. */
-  send(msg: object): void;
+  /** Send a request, in order; false if it could not be queued. HTTP transports batch what is
+   * sent in one tick into one POST. */
+  send(msg: object): boolean;
   /** End the session; no hook is called after this. */
   close(): void;
 }

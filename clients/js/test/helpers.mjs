@@ -18,6 +18,11 @@ export const HERALD_BIN = process.env.HERALD_BIN
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// Every server a test starts dies with the test process, even when the test fails before its
+// own cleanup runs.
+const children = new Set();
+process.on('exit', () => { for (const c of children) c.kill('SIGKILL'); });
+
 /** A free TCP port on 127.0.0.1. */
 export function freePort() {
   return new Promise((res, rej) => {
@@ -69,6 +74,8 @@ export async function startHerald(toml = appToml(), { port, adminPort, env = {} 
       },
     );
     proc.stderr.on('data', (d) => { stderr += d; });
+    children.add(proc);
+    proc.once('exit', () => children.delete(proc));
     const deadline = Date.now() + 15_000;
     for (;;) {
       if (proc.exitCode !== null) throw new Error(`herald exited ${proc.exitCode}: ${stderr}`);

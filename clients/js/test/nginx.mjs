@@ -65,6 +65,8 @@ export async function startNginx({ upstream, root, mode }) {
   const launch = async () => {
     writeFileSync(file, config({ dir, port, upstream, root, mode }));
     proc = spawn(NGINX, ['-p', dir, '-c', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const me = proc;
+    process.once('exit', () => me.kill('SIGKILL'));
     let stderr = '';
     proc.stderr.on('data', (d) => { stderr += d; });
     const deadline = Date.now() + 10_000;

@@ -222,3 +222,11 @@ test('status follows state and transport; subscriptions are kept across disconne
   herald.disconnect();
   assert.deepEqual(statuses, ['connecting', 'connected-live', 'disconnected', 'connecting', 'connected-live', 'disconnected']);
 });
+
+test('size: the core browser bundle is at most 8 KiB minified and gzipped', async () => {
+  const { readFileSync } = await import('node:fs');
+  const { gzipSync } = await import('node:zlib');
+  const BUDGET = 8 * 1024; // the same as build.mjs's, which refuses to build above it
+  const size = gzipSync(readFileSync(new URL('../dist/herald.iife.js', import.meta.url)), { level: 9 }).length;
+  assert.ok(size <= BUDGET, `${size} bytes gzipped; the budget is ${BUDGET}`);
+});

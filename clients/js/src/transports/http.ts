@@ -7,6 +7,8 @@ import type { TransportContext } from '../transport.js';
 /** The server's batch limit per POST (`MAX_BATCH`), and a size well under `max_message_size`. */
 const BATCH_COUNT = 100;
 const BATCH_BYTES = 16_000;
+/** Requests waiting for their POST at most; beyond, `send` refuses (a client event, say). */
+const MAX_QUEUED = 1000;
 
 /** The close code and reason for a response that is not a success. */
 export async function refusal(res: Response): Promise<[number, string]> {
@@ -53,10 +55,12 @@ export function poster(ctx: TransportContext, url: () => string | undefined, fai
     void flush();
   }
   return {
-    send(msg: object) {
+    send(msg: object): boolean {
+      if (stopped || queue.length >= MAX_QUEUED) return false;
       queue.push(JSON.stringify(msg));
       // Everything sent in this tick goes in one POST.
       queueMicrotask(() => void flush());
+      return true;
     },
     flush: () => void flush(),
     stop() {

@@ -21,7 +21,9 @@ export const websocket: TransportFactory = (ctx, hooks) => {
   ws.onerror = () => {};
   return {
     send(msg) {
-      if (!ended && ws.readyState === 1) ws.send(JSON.stringify(msg));
+      if (ended || ws.readyState !== 1) return false;
+      ws.send(JSON.stringify(msg));
+      return true;
     },
     close() {
       ended = true;
