@@ -168,8 +168,13 @@ export class Herald extends Events<ClientEvents> implements SubscriptionOwner {
   /** Open the connection (and keep it open) until `disconnect()`. */
   connect(): void {
     if (this.state !== 'disconnected' && this.state !== 'failed') return;
-    const remembered = this.o.transports.indexOf(this.store?.getItem(this.storeKey) as TransportName);
-    this.index = Math.max(0, remembered);
+    let remembered: string | null | undefined;
+    try {
+      remembered = this.store?.getItem(this.storeKey);
+    } catch {
+      // Storage forbidden (a privacy mode): start from the first transport.
+    }
+    this.index = Math.max(0, this.o.transports.indexOf(remembered as TransportName));
     this.attempt = 0;
     this.watch(true);
     this.setState('connecting');

@@ -78,6 +78,12 @@ export function tokenQuery(token: string | undefined): string {
   return token ? `?token=${encodeURIComponent(token)}` : '';
 }
 
+/** The token as a header, for HTTP transports: kept out of URLs, so out of proxies' logs.
+ * (A browser WebSocket cannot send headers, so it carries the token in the query.) */
+export function tokenHeader(token: string | undefined): Record<string, string> {
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
 /** `{base}/{prefix}/{key}`. */
 export function endpoint(ctx: TransportContext, prefix: string): string {
   return `${ctx.url}/${prefix}/${encodeURIComponent(ctx.key)}`;

@@ -1,6 +1,7 @@
-// The Vue and React bindings in headless Chromium against the real binary: components show
-// live data and presence in the DOM, and unmounting them leaves no subscription behind (the
-// server's channel API says so).
+// In headless Chromium against the real binary, pages served from their own origin: the Vue
+// and React bindings (components show live data and presence in the DOM, and unmounting them
+// leaves no subscription behind, as the server's channel API says), the HTTP transports
+// across origins, and the browser's offline and online events.
 
 import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync } from 'node:fs';
@@ -41,6 +42,17 @@ async function bundle(app) {
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   return { url: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((r) => server.close(r)) };
+}
+
+/** A page on its own origin that loads the browser build, and nothing else. */
+async function iifeSite() {
+  const iife = readFileSync(join(here, '../dist/herald.iife.js'));
+  const server = createServer((req, res) => {
+    if (req.url === '/herald.iife.js') return res.writeHead(200, { 'content-type': 'text/javascript' }).end(iife);
+    res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><script src="/herald.iife.js"></script>');
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${server.address().port}/`, close: () => new Promise((r) => server.close(r)) };
 }
 
 let herald;
@@ -100,3 +112,69 @@ for (const framework of ['vue', 'react']) {
     }
   });
 }
+
+test('from a page on another origin, SSE and long-polling work with a token (CORS, preflight included)', async (t) => {
+  if (!existsSync(CHROMIUM)) {
+    if (process.env.CI === 'true') assert.fail(`${CHROMIUM} is missing`);
+    return t.skip(`${CHROMIUM} is not installed`);
+  }
+  const site = await iifeSite();
+  const page = await browser.newPage();
+  try {
+    await page.goto(site.url);
+    for (const transport of ['sse', 'polling']) {
+      const channel = `private-cors.${transport}`;
+      await page.evaluate(({ url, token, transport, channel }) => {
+        window.got = [];
+        window.client = new Herald({ url, key: 'app-key', token, transports: [transport], rememberTransport: 'none' });
+        window.client.subscribe(channel).bind('n', (d) => window.got.push(d));
+        window.client.connect();
+      }, { url: herald.url, token: jwt({ sub: 'cors', channels: ['private-cors.*'] }), transport, channel });
+      await eventually(async () => (await subscribers(herald, channel)) === 1, 10_000, `${transport} subscribed`);
+      await publish(herald, channel, 'n', 1);
+      await page.waitForFunction(() => window.got.length === 1, null, { timeout: 5000 });
+      assert.equal(await page.evaluate(() => window.client.transport), transport);
+      await page.evaluate(() => window.client.disconnect());
+    }
+  } finally {
+    await page.close();
+    await site.close();
+  }
+});
+
+test('offline: the page says so and waits; online: it reconnects at once and recovers', async (t) => {
+  if (!existsSync(CHROMIUM)) {
+    if (process.env.CI === 'true') assert.fail(`${CHROMIUM} is missing`);
+    return t.skip(`${CHROMIUM} is not installed`);
+  }
+  const site = await iifeSite();
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  try {
+    await page.goto(site.url);
+    await page.evaluate((url) => {
+      window.got = [];
+      window.statuses = [];
+      window.client = new Herald({ url, key: 'app-key', rememberTransport: 'none' });
+      window.client.on('status', (s) => window.statuses.push(s));
+      window.client.subscribe('offline-feed').bind('n', (d) => window.got.push(d));
+      window.client.connect();
+    }, herald.url);
+    await page.waitForFunction(() => window.client.status === 'connected-live' && window.client.channel('offline-feed').state === 'subscribed');
+    await context.setOffline(true);
+    await page.waitForFunction(() => window.client.status === 'offline', null, { timeout: 5000 });
+    await eventually(async () => (await subscribers(herald, 'offline-feed')) === 0, 5000, 'the session ended');
+    await publish(herald, 'offline-feed', 'n', 1); // missed while offline: recovered from history
+    await context.setOffline(false);
+    await page.waitForFunction(() => window.client.status === 'connected-live', null, { timeout: 5000 });
+    await page.waitForFunction(() => window.got.length === 1, null, { timeout: 5000 });
+    await publish(herald, 'offline-feed', 'n', 2);
+    await page.waitForFunction(() => window.got.length === 2, null, { timeout: 5000 });
+    assert.deepEqual(await page.evaluate(() => window.got), [1, 2]);
+    const statuses = await page.evaluate(() => window.statuses);
+    assert.deepEqual(statuses.slice(-2), ['offline', 'connected-live'], `${statuses}`);
+  } finally {
+    await context.close();
+    await site.close();
+  }
+});

@@ -237,3 +237,51 @@ test('a bad server never crashes the client: malformed frames are ignored, a tru
   sse.disconnect();
   await new Promise((r) => http.close(r));
 });
+
+test('long-polling: a session whose buffer overflows gets a resync; the client recovers, or says it cannot', async () => {
+  // A buffer of 30 messages; a resync recovers at most half of it per channel.
+  const own = await startHerald(appToml({ top: '[long_poll]\nmax_buffered_messages = 30\n' }));
+  let slow = false;
+  // While `slow`, each poll waits before it is sent: a throttled tab that lets the buffer fill.
+  const slowPolls = async (url, init) => {
+    if (slow && /\?cursor=/.test(url)) await sleep(700);
+    return fetch(url, init);
+  };
+  const herald = make({ url: own.url, transports: ['polling'], fetch: slowPolls });
+  const channels = ['burst.a', 'burst.b', 'burst.c'];
+  const got = Object.fromEntries(channels.map((c) => [c, []]));
+  const recovered = [];
+  const unrecovered = [];
+  for (const c of channels) {
+    const sub = herald.subscribe(c);
+    sub.bind('n', (n) => got[c].push(n));
+    sub.on('subscribed', (r) => r.recovered !== undefined && recovered.push([c, r.recovered]));
+    sub.on('unrecovered', (u) => unrecovered.push([c, u.reason]));
+  }
+  herald.connect();
+  await eventually(() => channels.every((c) => herald.channel(c).state === 'subscribed'));
+
+  // 33 publications over three channels overflow the buffer; each channel missed 11 or
+  // fewer, within what a resync replays: everything arrives, in order.
+  slow = true;
+  for (let n = 1; n <= 11; n++) for (const c of channels) await publish(own, c, 'n', n);
+  slow = false;
+  const all = Array.from({ length: 11 }, (_, i) => i + 1);
+  await eventually(() => channels.every((c) => got[c].length >= 11), 10_000, 'all 33');
+  await sleep(200);
+  for (const c of channels) assert.deepEqual(got[c], all, c);
+  assert.ok(recovered.length >= 1 && recovered.every(([, r]) => r === true), JSON.stringify(recovered));
+  assert.deepEqual(unrecovered, []);
+
+  // 40 on one channel: more than a resync may replay. The application is told, with the
+  // reason, and live delivery continues.
+  slow = true;
+  for (let n = 12; n <= 51; n++) await publish(own, 'burst.a', 'n', n);
+  slow = false;
+  await eventually(() => unrecovered.length === 1, 10_000, 'told it cannot recover');
+  assert.deepEqual(unrecovered, [['burst.a', 'too_many']]);
+  await publish(own, 'burst.a', 'n', 52);
+  await eventually(() => got['burst.a'].at(-1) === 52);
+  herald.disconnect();
+  await own.stop();
+});

@@ -2,7 +2,7 @@
 // one at a time so requests stay in order, each carrying everything queued meanwhile).
 
 import { refusalCloseCode } from '../errors.js';
-import type { TransportContext } from '../transport.js';
+import { type Transport, type TransportContext, type TransportHooks, endpoint } from '../transport.js';
 
 /** The server's batch limit per POST (`MAX_BATCH`), and a size well under `max_message_size`. */
 const BATCH_COUNT = 100;
@@ -68,4 +68,42 @@ export function poster(ctx: TransportContext, url: () => string | undefined, fai
       queue = [];
     },
   };
+}
+
+/**
+ * What an HTTP session is made of: its id (once known), its request path, and its end. `end`
+ * reports the close to the client once; `close` ends it quietly (the client asked), with
+ * `after` to tell the server.
+ */
+export function httpSession(ctx: TransportContext, prefix: string, hooks: TransportHooks) {
+  const abort = new AbortController();
+  const s = {
+    id: undefined as string | undefined,
+    ended: false,
+    signal: abort.signal,
+    url: () => s.id && `${endpoint(ctx, prefix)}/${s.id}`,
+    end: (code: number, reason: string) => {
+      if (s.ended) return;
+      stop();
+      hooks.closed(code, reason);
+    },
+    transport(after?: (url: string) => void): Transport {
+      return {
+        send: (msg) => out.send(msg),
+        close() {
+          if (s.ended) return;
+          const url = s.url();
+          stop();
+          if (url) after?.(url);
+        },
+      };
+    },
+  };
+  const out = poster(ctx, s.url, s.end);
+  const stop = () => {
+    s.ended = true;
+    out.stop();
+    abort.abort();
+  };
+  return Object.assign(s, { flush: out.flush });
 }
