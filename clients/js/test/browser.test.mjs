@@ -70,7 +70,11 @@ async function publishNumbers(server, channel, total, at = async () => {}) {
 /** Wait for 1..total on `channel` in the page, then check each arrived exactly once, in order,
  * with no "not recovered" event; resolves with the page's lifecycle events. */
 async function assertExactlyOnce(page, channel, total) {
-  await eventually(async () => (await logOf(page, channel)).length >= total, 30_000, `all ${total}`);
+  await eventually(async () => (await logOf(page, channel)).length >= total, 30_000, `all ${total}`).catch(async (e) => {
+    const got = await logOf(page, channel);
+    const state = await page.evaluate((c) => [herald.state, herald.transport, herald.channel(c)?.state, herald.channel(c)?.position], channel);
+    throw new Error(`${e.message}: ${got.length} arrived, the last ${JSON.stringify(got.slice(-3))}; client ${JSON.stringify(state)}; events ${JSON.stringify(await eventsOf(page))}`);
+  });
   await sleep(300); // anything extra (a duplicate) would arrive now
   const got = await logOf(page, channel);
   assert.equal(got.length, total);
@@ -149,7 +153,10 @@ describe('in Chromium behind nginx', { concurrency: false }, () => {
       const channel = `numbers.${Date.now()}`;
       await page.evaluate((c) => window.listen(c, 'n'), channel);
       await eventually(async () => (await eventsOf(page)).some((e) => e[0] === 'subscribed'));
+      // Each fault hits a live session: the one before it has been recovered from.
+      const live = () => eventually(() => page.evaluate((c) => herald.state === 'connected' && herald.channel(c).state === 'subscribed', channel), 15_000, 'live again');
       await publishNumbers(server, channel, 5000, async (n) => {
+        if ([1000, 2000, 3000, 4000].includes(n)) await live();
         if (n === 1000 || n === 4000) {
           await proxy.kill(); // every connection through the proxy drops
           await sleep(300);

@@ -35,7 +35,11 @@ export function freePort() {
   });
 }
 
-/** The test app's TOML: client events on, history on every channel, plus `extra` keys. */
+/**
+ * The test app's TOML: client events on, plus `extra` keys, and history on every channel, deep
+ * enough (10,000 publications, all recoverable at once) that a client cut off for a few
+ * seconds while publications arrive at a thousand a second recovers them all.
+ */
 export function appToml({ extra = '', tables = '', top = '' } = {}) {
   return `${top}
 [[apps]]
@@ -45,8 +49,12 @@ secret = "${APP.secret}"
 client_events = true
 ${extra}
 
+[apps.limits]
+max_recovery_publications = 10000
+
 [[apps.history]]
 pattern = "*"
+size = 10000
 ${tables}
 `;
 }
