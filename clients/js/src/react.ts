@@ -68,7 +68,8 @@ export function useChannel(
     setState(sub.state);
     const dispatch = (data: unknown, meta: EventMeta) => {
       const h = latest.current.handlers;
-      (h[meta.event] ?? h['*'])?.(data, meta);
+      h[meta.event]?.(data, meta);
+      h['*']?.(data, meta);
     };
     // bindAll holds the channel even with no handlers; unbinding it on unmount releases it.
     const offs = [sub.bindAll(dispatch), sub.on('state', setState), sub.on('error', setError), ...(latest.current.watchSubscription?.(sub) ?? [])];

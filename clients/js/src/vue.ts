@@ -85,7 +85,10 @@ export function useChannel(
       state.value = sub.state;
       const offs = [
         // Holds the channel even with no handlers; unbinding it on unmount releases it.
-        sub.bindAll((data, meta) => handlers[meta.event]?.(data, meta) ?? handlers['*']?.(data, meta)),
+        sub.bindAll((data, meta) => {
+          handlers[meta.event]?.(data, meta);
+          handlers['*']?.(data, meta);
+        }),
         sub.on('state', (s) => (state.value = s)),
         sub.on('error', (e) => (error.value = e)),
         ...(watchSubscription?.(sub) ?? []),

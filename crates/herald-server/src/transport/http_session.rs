@@ -190,7 +190,9 @@ pub async fn command(
 }
 
 /// The requests of one command POST: the body itself, or each element of a JSON array.
-/// Elements are passed on as their raw text, so each is validated like a WebSocket message.
+/// Elements are passed on as their raw text (slices of the body, not copies), so each is
+/// validated like a WebSocket message. The whole array is parsed before anything is queued:
+/// a malformed or too long batch is refused and none of it is handled.
 fn split_batch(body: Bytes) -> Result<Vec<Bytes>, Response<Body>> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
         return Ok(vec![body]);
@@ -209,7 +211,7 @@ fn split_batch(body: Bytes) -> Result<Vec<Bytes>, Response<Body>> {
     }
     Ok(items
         .iter()
-        .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()))
+        .map(|raw| body.slice_ref(raw.get().as_bytes()))
         .collect())
 }
 

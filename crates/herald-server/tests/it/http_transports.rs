@@ -816,4 +816,15 @@ async fn a_command_post_may_carry_a_batch_handled_in_order() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("too_many_channels"), "{body}");
+    // Neither refused batch was handled (no reply comes; a poll waits out its timeout), and
+    // the session goes on serving.
+    assert_eq!(poll.poll().await, Vec::<Value>::new());
+    poll.command(json!([{"type": "subscribe", "channel": "after", "ref": 4}]))
+        .await;
+    let reply = poll.poll().await;
+    assert_eq!(
+        (reply[0]["type"].as_str(), &reply[0]["ref"]),
+        (Some("subscribe"), &json!(4)),
+        "{reply:?}"
+    );
 }
