@@ -44,7 +44,7 @@ http {
   server {
     listen 127.0.0.1:${port};
     root ${root};
-    location ~ ^/(ws|sse|poll|api)/ {
+    location ~ ^/(ws|sse|poll|api|app|apps|pusher)/ {
       proxy_pass http://127.0.0.1:${upstream};
       proxy_http_version 1.1;
       proxy_read_timeout 120s;

@@ -172,8 +172,8 @@ impl Hub {
                 }
                 continue;
             }
-            if let Some(bytes) = publication.encoded(handle.protocol) {
-                handle.push_message(bytes.clone(), Some(publication.received_at), metrics);
+            if let Some(frame) = publication.frame_for(handle) {
+                handle.push_frame(frame, Some(publication.received_at), metrics);
                 queued += 1;
             }
         }
@@ -182,8 +182,11 @@ impl Hub {
 
     /// Queue a direct message for `handle`.
     pub fn send_direct(handle: &SessionHandle, message: &DirectMessage, metrics: &Metrics) {
-        let bytes = message.encoded(handle.protocol).clone();
-        handle.push_message(bytes, Some(message.received_at), metrics);
+        handle.push_frame(
+            message.frame_for(handle),
+            Some(message.received_at),
+            metrics,
+        );
     }
 
     /// Local subscribers of `channel`.

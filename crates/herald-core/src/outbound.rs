@@ -38,6 +38,9 @@ pub enum OutItem {
     Message {
         /// The encoded message, shared with other subscribers.
         bytes: Bytes,
+        /// `bytes` is the message compressed with permessage-deflate (the WebSocket writer
+        /// sets RSV1). Only for connections that negotiated it.
+        compressed: bool,
         /// When the publication entered this node, for the latency histogram; `None` for
         /// replies and other messages that are not publications.
         published_at: Option<Instant>,
@@ -113,6 +116,9 @@ pub struct SessionHandle {
     /// Set when the server gives up on the connection (the shutdown grace period is over):
     /// its transport stops at once, mid-write or not.
     aborted: AtomicBool,
+    /// Publications of at least this many encoded bytes reach this connection compressed
+    /// (it negotiated permessage-deflate); `u32::MAX`: never.
+    compress_from: u32,
 }
 
 impl SessionHandle {
@@ -137,7 +143,25 @@ impl SessionHandle {
             authorized: AtomicBool::new(false),
             limits,
             aborted: AtomicBool::new(false),
+            compress_from: u32::MAX,
         }
+    }
+
+    /// This handle, for a connection that negotiated permessage-deflate: publications of at
+    /// least `threshold` encoded bytes reach it compressed.
+    pub fn with_compression(mut self, threshold: usize) -> Self {
+        self.compress_from = u32::try_from(threshold).unwrap_or(u32::MAX - 1);
+        self
+    }
+
+    /// Whether the connection negotiated permessage-deflate (and its app allows it).
+    pub fn negotiated_deflate(&self) -> bool {
+        self.compress_from != u32::MAX
+    }
+
+    /// Whether a message of `len` encoded bytes reaches this connection compressed.
+    pub fn compresses(&self, len: usize) -> bool {
+        self.compress_from != u32::MAX && len >= self.compress_from as usize
     }
 
     /// The authenticated user id, if any.
@@ -169,10 +193,21 @@ impl SessionHandle {
         self.authorized.load(Ordering::Relaxed)
     }
 
-    /// Queue an encoded message.
+    /// Queue an encoded message, uncompressed.
     pub fn push_message(
         &self,
         bytes: Bytes,
+        published_at: Option<Instant>,
+        metrics: &Metrics,
+    ) -> PushOutcome {
+        self.push_frame((bytes, false), published_at, metrics)
+    }
+
+    /// Queue an encoded message as [`crate::Publication::frame_for`] chose it: its bytes,
+    /// and whether they are compressed.
+    pub fn push_frame(
+        &self,
+        (bytes, compressed): (Bytes, bool),
         published_at: Option<Instant>,
         metrics: &Metrics,
     ) -> PushOutcome {
@@ -180,6 +215,7 @@ impl SessionHandle {
         self.enqueue(
             OutItem::Message {
                 bytes,
+                compressed,
                 published_at,
             },
             len,

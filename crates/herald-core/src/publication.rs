@@ -11,6 +11,7 @@ use bytes::Bytes;
 use herald_protocol::{ChannelName, SocketId};
 use tokio::time::Instant;
 
+use crate::outbound::SessionHandle;
 use crate::raw_json::RawJson;
 use crate::wire::{self, Protocol};
 
@@ -139,6 +140,11 @@ pub struct Publication {
     native: OnceLock<Option<Bytes>>,
     /// The Pusher-protocol encoding, made on first use.
     pusher: OnceLock<Option<Bytes>>,
+    /// The native encoding compressed with permessage-deflate, made when the first
+    /// compressing subscriber needs it and shared by all of them.
+    native_deflated: OnceLock<Bytes>,
+    /// The Pusher encoding, compressed likewise.
+    pusher_deflated: OnceLock<Bytes>,
 }
 
 impl Publication {
@@ -162,6 +168,8 @@ impl Publication {
             position: None,
             native: OnceLock::new(),
             pusher: OnceLock::new(),
+            native_deflated: OnceLock::new(),
+            pusher_deflated: OnceLock::new(),
         }
     }
 
@@ -178,6 +186,32 @@ impl Publication {
                 .get_or_init(|| wire::pusher::encode_publication(self))
                 .as_ref(),
         }
+    }
+
+    /// The bytes `handle` gets, and whether they are compressed: compressed when its
+    /// connection negotiated permessage-deflate and the encoding reaches its threshold.
+    /// Either way the bytes are made once per protocol and shared. `None` when the payload
+    /// is not delivered to clients of that protocol.
+    pub fn frame_for(&self, handle: &SessionHandle) -> Option<(Bytes, bool)> {
+        let plain = self.encoded(handle.protocol)?;
+        Some(deflated_if(
+            handle,
+            plain,
+            match handle.protocol {
+                Protocol::Native => &self.native_deflated,
+                Protocol::Pusher => &self.pusher_deflated,
+            },
+        ))
+    }
+}
+
+/// `plain`, or its compressed form (made once in `cache`), as `handle` takes it.
+fn deflated_if(handle: &SessionHandle, plain: &Bytes, cache: &OnceLock<Bytes>) -> (Bytes, bool) {
+    if handle.compresses(plain.len()) {
+        let compressed = cache.get_or_init(|| herald_protocol::deflate::compress(plain));
+        (compressed.clone(), true)
+    } else {
+        (plain.clone(), false)
     }
 }
 
@@ -201,6 +235,10 @@ pub struct DirectMessage {
     native: OnceLock<Bytes>,
     /// The Pusher encoding, made on first use.
     pusher: OnceLock<Bytes>,
+    /// The native encoding compressed, made on first use by a compressing connection.
+    native_deflated: OnceLock<Bytes>,
+    /// The Pusher encoding compressed likewise.
+    pusher_deflated: OnceLock<Bytes>,
 }
 
 impl DirectMessage {
@@ -221,7 +259,23 @@ impl DirectMessage {
             received_at: Instant::now(),
             native: OnceLock::new(),
             pusher: OnceLock::new(),
+            native_deflated: OnceLock::new(),
+            pusher_deflated: OnceLock::new(),
         }
+    }
+
+    /// The bytes `handle` gets, and whether they are compressed (see
+    /// [`Publication::frame_for`]).
+    pub fn frame_for(&self, handle: &SessionHandle) -> (Bytes, bool) {
+        let plain = self.encoded(handle.protocol);
+        deflated_if(
+            handle,
+            plain,
+            match handle.protocol {
+                Protocol::Native => &self.native_deflated,
+                Protocol::Pusher => &self.pusher_deflated,
+            },
+        )
     }
 
     /// The encoded bytes for `protocol`.

@@ -90,9 +90,9 @@ impl Gate {
         if self.is_duplicate(publication) {
             return Offered::Dropped;
         }
-        match publication.encoded(handle.protocol) {
-            Some(bytes) => {
-                handle.push_message(bytes.clone(), Some(publication.received_at), metrics);
+        match publication.frame_for(handle) {
+            Some(frame) => {
+                handle.push_frame(frame, Some(publication.received_at), metrics);
                 Offered::Queued
             }
             None => Offered::Dropped,
@@ -116,8 +116,8 @@ impl Gate {
         let (items, overflowed) = std::mem::take(&mut *buffer);
         if !overflowed {
             for p in items.iter().filter(|p| !self.is_duplicate(p)) {
-                if let Some(bytes) = p.encoded(handle.protocol) {
-                    handle.push_message(bytes.clone(), Some(p.received_at), metrics);
+                if let Some(frame) = p.frame_for(handle) {
+                    handle.push_frame(frame, Some(p.received_at), metrics);
                 }
             }
         }

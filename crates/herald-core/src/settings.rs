@@ -68,6 +68,32 @@ pub struct AppSettings {
     /// duplicate and not delivered again.
     #[serde(default = "default_idempotency_window", deserialize_with = "duration")]
     pub idempotency_window: Duration,
+    /// permessage-deflate for this app's WebSocket clients.
+    #[serde(default)]
+    pub compression: CompressionSettings,
+}
+
+/// permessage-deflate (RFC 7692) on `/app/{key}` and `/ws/{key}`.
+///
+/// A publication is compressed once per protocol and the bytes are shared by every
+/// compressing subscriber; nothing is kept per connection (see `herald_protocol::deflate`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionSettings {
+    /// Accept the extension when a client offers it (browsers and the `ws` package do).
+    pub enabled: bool,
+    /// Messages shorter than this many bytes go uncompressed: below a few hundred bytes
+    /// deflate saves little and costs a compression for each publication.
+    pub threshold: usize,
+}
+
+impl Default for CompressionSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 256,
+        }
+    }
 }
 
 fn default_idempotency_window() -> Duration {
@@ -167,6 +193,7 @@ impl AppSettings {
             // Every channel keeps history, so recovery works out of the box in development.
             history: vec![HistoryRule::new("*")],
             idempotency_window: default_idempotency_window(),
+            compression: CompressionSettings::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 //! - [`native`]: Herald's own JSON protocol: client requests and server messages.
 //! - [`pusher`]: the Pusher Channels protocol v7: client messages, server encoding, close codes.
 //! - [`websocket`]: RFC 6455 framing (both roles) and the handshake accept key.
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, compression, bounded inflation.
 //! - [`json`]: small helpers to write JSON by hand on the hot path.
 //! - [`token`]: the claims of connection and subscription tokens (JWT).
 
@@ -20,6 +21,7 @@
 
 pub mod channel;
 pub mod codes;
+pub mod deflate;
 pub mod json;
 pub mod native;
 pub mod pusher;

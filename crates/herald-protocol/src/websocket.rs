@@ -9,13 +9,18 @@
 //! The [`Decoder`] turns received bytes into [`Message`]s: it unmasks in place, reassembles
 //! fragments, validates UTF-8 of text messages and enforces a maximum message size before
 //! buffering a payload. Every violation maps to the close code the RFC prescribes.
-//! No extensions are negotiated (no permessage-deflate), so RSV bits must be zero.
+//!
+//! The one extension is permessage-deflate (RFC 7692, see [`crate::deflate`]), when the
+//! handshake negotiated it: [`Decoder::with_deflate`] then accepts RSV1 on the first frame
+//! of a data message and inflates the message; [`FrameHeader::compressed`] and
+//! [`encode_frame_compressed`] set RSV1 on frames sent. Otherwise every RSV bit must be zero.
 
 use base64::Engine as _;
 use bytes::{Buf, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
 
 use crate::codes::CloseCode;
+use crate::deflate;
 
 /// The GUID RFC 6455 appends to the client's key.
 const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -135,13 +140,17 @@ struct Fragmented {
     /// A `u32` (messages are far smaller) keeps it in the opcode's padding: every
     /// connection's decoder holds this struct.
     checked: u32,
+    /// Whether the first frame had RSV1 set: `data` is then deflate, inflated when the
+    /// message completes, and `checked` stays 0. A `bool` in the same padding.
+    compressed: bool,
 }
 
 impl Fragmented {
     /// Check the text received since the last check; fail on bytes that can never become
     /// valid UTF-8, leave an incomplete character at the end for the next fragment.
     fn check_text(&mut self) -> Result<(), Violation> {
-        if self.opcode != OpCode::Text {
+        // Compressed fragments are not text yet: the whole message is checked once inflated.
+        if self.opcode != OpCode::Text || self.compressed {
             return Ok(());
         }
         let from = self.checked as usize;
@@ -162,7 +171,11 @@ impl Fragmented {
 pub struct Decoder {
     /// Which side we are: decides whether frames must be masked.
     role: Role,
-    /// The largest message (after reassembly) accepted; larger gives close code 1009.
+    /// Whether permessage-deflate was negotiated: RSV1 then marks a compressed message.
+    /// A `bool` next to `role` fits in padding: the decoder does not grow.
+    deflate: bool,
+    /// The largest message (after reassembly) accepted; larger gives close code 1009. A
+    /// compressed message is held to it twice: compressed, and once inflated.
     max_message_size: usize,
     /// The message being reassembled, if a non-final data frame has been received.
     fragmented: Option<Fragmented>,
@@ -173,9 +186,22 @@ impl Decoder {
     pub fn new(role: Role, max_message_size: usize) -> Self {
         Self {
             role,
+            deflate: false,
             max_message_size,
             fragmented: None,
         }
+    }
+
+    /// This decoder with permessage-deflate on (when the handshake negotiated it) or off.
+    ///
+    /// When on, RSV1 on the first frame of a text or binary message marks it compressed:
+    /// it is reassembled compressed (within `max_message_size`), then inflated with
+    /// [`deflate::inflate`] (within `max_message_size` again), then text is checked to be
+    /// UTF-8. RSV1 on a continuation or control frame is a protocol error (1002, RFC 7692
+    /// §6), as are RSV2 and RSV3 always. When off, any RSV bit is a protocol error.
+    pub fn with_deflate(mut self, on: bool) -> Self {
+        self.deflate = on;
+        self
     }
 
     /// Whether a fragmented message is open: its first fragments are held here until the
@@ -200,17 +226,30 @@ impl Decoder {
         }
     }
 
+    /// A frame's FIN bit, opcode and RSV1 ("compressed"), from its first byte. The reserved
+    /// bits must be zero but for RSV1 where deflate is on, and then only on the first frame
+    /// of a data message (RFC 7692 §6).
+    fn first_byte(&self, b0: u8) -> Result<(bool, OpCode, bool), Violation> {
+        let compressed = b0 & RSV1 != 0;
+        if b0 & 0x30 != 0 || (compressed && !self.deflate) {
+            return Err(Violation::protocol("reserved bits set"));
+        }
+        let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(Violation::protocol("unknown opcode"))?;
+        if compressed && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(Violation::protocol(
+                "compressed bit on a continuation or control frame",
+            ));
+        }
+        Ok((b0 & 0x80 != 0, opcode, compressed))
+    }
+
     /// Parse one frame off the front of `buf`, if it is complete.
     fn parse_frame(&self, buf: &mut BytesMut) -> Result<Option<Frame>, Violation> {
         if buf.len() < 2 {
             return Ok(None);
         }
         let (b0, b1) = (buf[0], buf[1]);
-        let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
-            return Err(Violation::protocol("reserved bits set"));
-        }
-        let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(Violation::protocol("unknown opcode"))?;
+        let (fin, opcode, compressed) = self.first_byte(b0)?;
         let masked = b1 & 0x80 != 0;
         match (self.role, masked) {
             (Role::Server, false) => return Err(Violation::protocol("client frame not masked")),
@@ -283,6 +322,7 @@ impl Decoder {
         Ok(Some(Frame {
             fin,
             opcode,
+            compressed,
             payload,
         }))
     }
@@ -292,6 +332,7 @@ impl Decoder {
         let Frame {
             fin,
             opcode,
+            compressed,
             payload,
         } = frame;
         match opcode {
@@ -303,12 +344,13 @@ impl Decoder {
                     return Err(Violation::protocol("new message inside a fragmented one"));
                 }
                 if fin {
-                    return finish(opcode, payload, 0).map(Some);
+                    return self.finish(opcode, payload, 0, compressed).map(Some);
                 }
                 let mut open = Fragmented {
                     opcode,
                     data: payload,
                     checked: 0,
+                    compressed,
                 };
                 open.check_text()?;
                 self.fragmented = Some(open);
@@ -324,29 +366,49 @@ impl Decoder {
                     return Ok(None);
                 }
                 let open = self.fragmented.take().expect("checked above");
-                finish(open.opcode, open.data, open.checked as usize).map(Some)
+                let checked = open.checked as usize;
+                self.finish(open.opcode, open.data, checked, open.compressed)
+                    .map(Some)
             }
         }
     }
+
+    /// The message's payload as a message, inflated first if `compressed`; `checked`
+    /// leading bytes of (uncompressed) text are already known valid.
+    fn finish(
+        &self,
+        opcode: OpCode,
+        data: BytesMut,
+        checked: usize,
+        compressed: bool,
+    ) -> Result<Message, Violation> {
+        let data = if compressed {
+            deflate::inflate(&data, self.max_message_size)?
+        } else {
+            data.freeze()
+        };
+        if opcode == OpCode::Text {
+            if std::str::from_utf8(data.get(checked..).unwrap_or_default()).is_err() {
+                return Err(invalid_text());
+            }
+            Ok(Message::Text(data))
+        } else {
+            Ok(Message::Binary(data))
+        }
+    }
 }
+
+/// The RSV1 bit of a frame's first byte: "Per-Message Compressed" under permessage-deflate
+/// (RFC 7692 §6).
+const RSV1: u8 = 0x40;
 
 /// One parsed frame.
 struct Frame {
     fin: bool,
     opcode: OpCode,
+    /// RSV1: the first frame of a compressed message.
+    compressed: bool,
     payload: BytesMut,
-}
-
-/// The message's payload as a message; `checked` leading bytes of text are already known valid.
-fn finish(opcode: OpCode, data: BytesMut, checked: usize) -> Result<Message, Violation> {
-    if opcode == OpCode::Text {
-        if std::str::from_utf8(&data[checked..]).is_err() {
-            return Err(invalid_text());
-        }
-        Ok(Message::Text(data.freeze()))
-    } else {
-        Ok(Message::Binary(data.freeze()))
-    }
 }
 
 fn invalid_text() -> Violation {
@@ -432,6 +494,15 @@ impl FrameHeader {
         }
     }
 
+    /// The same header with RSV1 set: the (first) frame of a permessage-deflate message
+    /// whose payload is [`deflate::compress`]'s output. Only for Text and Binary frames
+    /// (RFC 7692 §6), and only where deflate was negotiated.
+    pub fn compressed(opcode: OpCode, payload_len: usize, mask: Option<[u8; 4]>) -> Self {
+        let mut header = Self::new(opcode, payload_len, mask);
+        header.bytes[0] |= RSV1;
+        header
+    }
+
     /// The header bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
@@ -443,6 +514,29 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: Opt
     out.extend_from_slice(FrameHeader::new(opcode, payload.len(), mask).as_bytes());
     let start = out.len();
     out.extend_from_slice(payload);
+    if let Some(m) = mask {
+        apply_mask(&mut out[start..], m);
+    }
+}
+
+/// Append one complete permessage-deflate frame to `out`: `payload` compressed, RSV1 set,
+/// masked when `mask` is given (client role). For clients and tests; the server compresses a
+/// publication once with [`deflate::compress`] and writes [`FrameHeader::compressed`].
+/// A control or continuation opcode is written uncompressed: RFC 7692 §6 allows RSV1 only
+/// on the first frame of a data message.
+pub fn encode_frame_compressed(
+    out: &mut Vec<u8>,
+    opcode: OpCode,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
+    if opcode.is_control() || opcode == OpCode::Continuation {
+        return encode_frame(out, opcode, payload, mask);
+    }
+    let compressed = deflate::compress(payload);
+    out.extend_from_slice(FrameHeader::compressed(opcode, compressed.len(), mask).as_bytes());
+    let start = out.len();
+    out.extend_from_slice(&compressed);
     if let Some(m) = mask {
         apply_mask(&mut out[start..], m);
     }
@@ -657,6 +751,156 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    /// A masked client frame with RSV1 set, carrying `payload` as is.
+    fn compressed_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut out = client_frame(opcode, fin, payload);
+        out[0] |= RSV1;
+        out
+    }
+
+    fn deflate_decoder(max: usize) -> Decoder {
+        Decoder::new(Role::Server, max).with_deflate(true)
+    }
+
+    #[test]
+    fn deflate_keeps_the_decoder_small() {
+        // Every connection holds a decoder: the flags sit in padding.
+        assert!(std::mem::size_of::<Decoder>() <= 56);
+        assert!(std::mem::size_of::<Option<Fragmented>>() <= 40);
+    }
+
+    #[test]
+    fn decodes_compressed_messages() {
+        let text = "héllo wörld ".repeat(50);
+        let mut out = Vec::new();
+        encode_frame_compressed(&mut out, OpCode::Text, text.as_bytes(), Some([9, 8, 7, 6]));
+        assert!(out.len() < text.len() / 4);
+        let mut buf = BytesMut::from(&out[..]);
+        let mut d = deflate_decoder(1024);
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Message::Text(Bytes::from(text.clone())))
+        );
+        // Fragmented, with a ping between fragments: the fragments hold compressed bytes cut
+        // anywhere, which are not UTF-8 and must not be checked as such.
+        let packed = deflate::compress(text.as_bytes());
+        let (a, rest) = packed.split_at(3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&compressed_frame(OpCode::Text, false, a));
+        buf.extend_from_slice(&client_frame(OpCode::Continuation, false, b));
+        buf.extend_from_slice(&client_frame(OpCode::Ping, true, b"p"));
+        buf.extend_from_slice(&client_frame(OpCode::Continuation, true, c));
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Message::Ping(Bytes::from_static(b"p")))
+        );
+        assert!(d.in_message());
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Message::Text(Bytes::from(text.clone())))
+        );
+        // Binary, and uncompressed messages still pass with deflate on.
+        let mut buf = BytesMut::from(
+            &compressed_frame(OpCode::Binary, true, &deflate::compress(&[0xff, 0]))[..],
+        );
+        buf.extend_from_slice(&client_frame(OpCode::Text, true, b"plain"));
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Message::Binary(Bytes::from_static(&[0xff, 0])))
+        );
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Message::Text(Bytes::from_static(b"plain")))
+        );
+        // A client decoder reads what the server writes.
+        let mut out = Vec::new();
+        encode_frame_compressed(&mut out, OpCode::Text, text.as_bytes(), None);
+        let mut d = Decoder::new(Role::Client, 1024).with_deflate(true);
+        let mut buf = BytesMut::from(&out[..]);
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Message::Text(Bytes::from(text)))
+        );
+    }
+
+    #[test]
+    fn rejects_compression_violations_with_the_right_codes() {
+        let check = |d: &mut Decoder, bytes: Vec<u8>, code: CloseCode| {
+            let mut buf = BytesMut::from(&bytes[..]);
+            assert_eq!(d.decode(&mut buf).unwrap_err().code, code, "{bytes:?}");
+        };
+        let hello = deflate::compress(b"hello");
+        // RSV1 on a continuation or a control frame.
+        let mut on_continuation = compressed_frame(OpCode::Text, false, &hello);
+        on_continuation.extend(compressed_frame(OpCode::Continuation, true, b""));
+        check(
+            &mut deflate_decoder(1024),
+            on_continuation,
+            CloseCode::ProtocolError,
+        );
+        let ping = compressed_frame(OpCode::Ping, true, b"p");
+        check(&mut deflate_decoder(1024), ping, CloseCode::ProtocolError);
+        // RSV1 when deflate was not negotiated; RSV2 and RSV3 always.
+        let frame = compressed_frame(OpCode::Text, true, &hello);
+        check(
+            &mut Decoder::new(Role::Server, 1024),
+            frame,
+            CloseCode::ProtocolError,
+        );
+        for rsv in [0x20, 0x10, 0x60] {
+            let mut frame = client_frame(OpCode::Text, true, b"x");
+            frame[0] |= rsv;
+            check(&mut deflate_decoder(1024), frame, CloseCode::ProtocolError);
+        }
+        // Invalid UTF-8 once inflated, whole or fragmented.
+        let bad = deflate::compress(b"ok \xff\xfe");
+        check(
+            &mut deflate_decoder(1024),
+            compressed_frame(OpCode::Text, true, &bad),
+            CloseCode::InvalidPayload,
+        );
+        let mut fragments = compressed_frame(OpCode::Text, false, &bad[..2]);
+        fragments.extend(client_frame(OpCode::Continuation, true, &bad[2..]));
+        check(
+            &mut deflate_decoder(1024),
+            fragments,
+            CloseCode::InvalidPayload,
+        );
+        // Not deflate at all.
+        let junk = compressed_frame(OpCode::Text, true, &[0xff; 20]);
+        check(&mut deflate_decoder(1024), junk, CloseCode::InvalidPayload);
+        // Small compressed, too big inflated; and too big compressed.
+        let bomb = deflate::compress(&[b'a'; 5000]);
+        assert!(bomb.len() < 100);
+        check(
+            &mut deflate_decoder(1000),
+            compressed_frame(OpCode::Text, true, &bomb),
+            CloseCode::MessageTooBig,
+        );
+        let header = FrameHeader::compressed(OpCode::Text, 2000, Some([0; 4]));
+        check(
+            &mut deflate_decoder(1000),
+            header.as_bytes().to_vec(),
+            CloseCode::MessageTooBig,
+        );
+    }
+
+    #[test]
+    fn compressed_headers_set_rsv1() {
+        assert_eq!(
+            FrameHeader::compressed(OpCode::Text, 5, None).as_bytes(),
+            &[0xc1, 5]
+        );
+        assert_eq!(
+            FrameHeader::compressed(OpCode::Binary, 300, Some([1, 2, 3, 4])).as_bytes(),
+            &[0xc2, 0xfe, 1, 44, 1, 2, 3, 4]
+        );
+        let mut out = Vec::new();
+        encode_frame_compressed(&mut out, OpCode::Ping, b"p", None);
+        assert_eq!(out, [0x89, 1, b'p']);
     }
 
     #[test]

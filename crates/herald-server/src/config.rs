@@ -56,6 +56,8 @@ pub struct Config {
     pub sse: SseConfig,
     /// The HTTP long-polling transport.
     pub long_poll: LongPollConfig,
+    /// pusher-js's HTTP fallback transports (`xhr_streaming`, `xhr_polling`).
+    pub pusher_http: PusherHttpConfig,
     /// The apps (tenants). Empty means: run with the development app.
     pub apps: Vec<AppSettings>,
 }
@@ -103,6 +105,39 @@ impl Default for LongPollConfig {
             poll_timeout: Duration::from_secs(25),
             session_timeout: Duration::from_secs(60),
             max_buffered_messages: 1000,
+        }
+    }
+}
+
+/// pusher-js's HTTP fallback transports, `xhr_streaming` and `xhr_polling`, under
+/// `/pusher/app/{key}/…` and `/app/{key}/…` (see `transport/pusher_http.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PusherHttpConfig {
+    /// Whether the endpoints are served.
+    pub enabled: bool,
+    /// A heartbeat (`h`) goes down an idle stream, and answers a poll that had nothing to
+    /// carry, this often: under pusher-js's 30 s wait for a pong and nginx's 60 s
+    /// `proxy_read_timeout`.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// A session with no receive request open for this long ends (pusher-js never says
+    /// goodbye on these transports, so this is how soon presence sees it leave).
+    #[serde(deserialize_with = "duration")]
+    pub session_timeout: Duration,
+    /// The host name pusher-js should send the rest of a session's requests to (the `o`
+    /// frame's `hostname`), so a node behind a load balancer keeps its sessions without
+    /// sticky routing. Unset: the host the client used.
+    pub hostname: Option<String>,
+}
+
+impl Default for PusherHttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            heartbeat_interval: Duration::from_secs(25),
+            session_timeout: Duration::from_secs(15),
+            hostname: None,
         }
     }
 }
@@ -547,6 +582,18 @@ impl Config {
             problems.push((
                 "long_poll.session_timeout".into(),
                 "must be longer than long_poll.poll_timeout".into(),
+            ));
+        }
+        if self.pusher_http.heartbeat_interval.is_zero() {
+            problems.push((
+                "pusher_http.heartbeat_interval".into(),
+                "must be longer than 0".into(),
+            ));
+        }
+        if self.pusher_http.session_timeout.is_zero() {
+            problems.push((
+                "pusher_http.session_timeout".into(),
+                "must be longer than 0".into(),
             ));
         }
         if self.long_poll.max_buffered_messages == 0 {

@@ -8,6 +8,7 @@
 //! | GET | `/sse/{app_key}` | native protocol over Server-Sent Events (see `transport/sse.rs`) |
 //! | POST, GET, DELETE | `/poll/{app_key}[/{session}]` | native protocol over long-polling (`transport/long_poll.rs`) |
 //! | POST | `/sse/{app_key}/{session}` | a client message for an SSE session |
+//! | POST | `[/pusher]/app/{app_key}/{server}/{session}/{xhr_streaming\|xhr\|xhr_send}` | pusher-js's HTTP fallback (`transport/pusher_http.rs`) |
 //! | * | `/api/{app_id}/…` | native HTTP API (see `api.rs`) |
 //! | * | `/apps/{app_id}/…` | Pusher HTTP API (see `pusher_api.rs`) |
 
@@ -73,6 +74,12 @@ pub async fn handle(
         (&Method::DELETE, ["poll" | "sse", app_key, id]) => {
             crate::transport::long_poll::close(&shared, app_key, id)
         }
+        (
+            &Method::POST,
+            ["pusher", "app", key, server, session, kind] | ["app", key, server, session, kind],
+        ) if shared.config.pusher_http.enabled => {
+            pusher_http(&shared, req, client_ip, key, server, session, kind).await
+        }
         (_, ["api", rest @ ..]) => crate::api::handle(&shared, req, rest).await,
         (_, ["apps", rest @ ..]) => crate::pusher_api::handle(&shared, req, rest).await,
         _ => fail(ErrorCode::NotFound, format!("no route for {path}")),
@@ -80,14 +87,40 @@ pub async fn handle(
     Ok(with_cors(response, cors))
 }
 
-/// The origin to allow on an SSE or long-polling request from a browser page on another
-/// origin: the page's, if the app (named by the key in the path) allows it.
+/// A pusher-js HTTP fallback request: a receive (`xhr_streaming`, `xhr`) or a send.
+async fn pusher_http(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    ip: IpAddr,
+    key: &str,
+    server: &str,
+    session: &str,
+    kind: &str,
+) -> Response<Body> {
+    use crate::transport::pusher_http::{self, Kind};
+    let Some(id) = pusher_http::session_path(server, session) else {
+        return fail(ErrorCode::NotFound, "not a pusher-js session path");
+    };
+    match kind {
+        "xhr_streaming" => pusher_http::receive(shared, req, ip, key, &id, Kind::Streaming).await,
+        "xhr" => pusher_http::receive(shared, req, ip, key, &id, Kind::Polling).await,
+        "xhr_send" => pusher_http::send(shared, req, ip, key, &id).await,
+        _ => fail(ErrorCode::NotFound, format!("no route for {kind}")),
+    }
+}
+
+/// The origin to allow on an SSE, long-polling or pusher-js HTTP request from a browser
+/// page on another origin: the page's, if the app (named by the key in the path) allows it.
 fn cors_origin(
     shared: &Shared,
     req: &Request<Incoming>,
     segments: &[&str],
 ) -> Option<http::HeaderValue> {
-    let (["sse" | "poll", key] | ["sse" | "poll", key, _]) = segments else {
+    let (["sse" | "poll", key]
+    | ["sse" | "poll", key, _]
+    | ["pusher", "app", key, _, _, _]
+    | ["app", key, _, _, _]) = segments
+    else {
         return None;
     };
     let origin = req.headers().get(http::header::ORIGIN)?;
@@ -133,10 +166,15 @@ fn websocket(
     app_key: &str,
     protocol: Protocol,
 ) -> Response<Body> {
-    let response = match crate::transport::websocket::handshake(&req) {
+    let compression = shared
+        .node
+        .app_by_key(app_key)
+        .is_some_and(|app| app.settings.compression.enabled);
+    let response = match crate::transport::websocket::handshake(&req, compression) {
         Ok(r) => r,
         Err(r) => return r,
     };
+    let deflate = crate::transport::websocket::accepted_deflate(&response);
     // Pusher clients announce their protocol version; a wrong one is refused with the
     // Pusher close code for it, after the upgrade so the client can read it.
     let version = match protocol {
@@ -163,6 +201,7 @@ fn websocket(
                     ip,
                     protocol,
                     transport_session: None,
+                    deflate,
                 })
                 .map_err(|r| {
                     debug!(%ip, code = %r.refusal.code, "websocket connection refused");

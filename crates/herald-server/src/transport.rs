@@ -11,6 +11,7 @@
 pub mod commands;
 pub mod http_session;
 pub mod long_poll;
+pub mod pusher_http;
 pub mod sse;
 pub mod websocket;
 

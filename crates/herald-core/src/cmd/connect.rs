@@ -35,6 +35,9 @@ pub struct ConnectRequest<'a> {
     /// On HTTP transports (SSE, long-polling): the id the client sends commands with,
     /// announced in the `connected` message.
     pub transport_session: Option<&'a str>,
+    /// The WebSocket negotiated permessage-deflate: publications past the app's threshold
+    /// reach it compressed.
+    pub deflate: bool,
 }
 
 /// A refused connection: the error to report and the close code to end it with.
@@ -73,7 +76,7 @@ impl Node {
                 return Err(refusal);
             }
         };
-        let handle = self.register(&app, identity.as_deref(), req.protocol);
+        let handle = self.register(&app, identity.as_deref(), req.protocol, req.deflate);
         Metrics::inc(&self.metrics.connections_accepted);
         Ok(Session::new(
             self.clone(),
@@ -145,19 +148,25 @@ impl Node {
         app: &App,
         identity: Option<&Identity>,
         protocol: Protocol,
+        deflate: bool,
     ) -> Arc<SessionHandle> {
         let limits = QueueLimits {
             max_bytes: self.limits.max_queue_bytes,
             max_items: self.limits.max_queue_messages,
         };
         let handle = loop {
-            let handle = Arc::new(SessionHandle::new(
+            let mut handle = SessionHandle::new(
                 self.ids.socket_id(),
                 app.id.clone(),
                 protocol,
                 limits,
                 self.clock.now_ms(),
-            ));
+            );
+            let compression = app.settings.compression;
+            if deflate && compression.enabled {
+                handle = handle.with_compression(compression.threshold);
+            }
+            let handle = Arc::new(handle);
             if let Some(user) = identity.and_then(|i| i.user_id.clone()) {
                 handle.set_user_id(user);
             }

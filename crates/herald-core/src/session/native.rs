@@ -14,7 +14,6 @@ use crate::publication::EventData;
 use crate::raw_json::RawJson;
 use crate::recovery::Recovery;
 use crate::refusal::Refusal;
-use crate::wire::Protocol;
 
 /// The `connected` message that opens every native connection.
 pub(super) fn connected(session: &Session, transport_session: Option<&str>) -> Vec<u8> {
@@ -68,12 +67,10 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
                     // The replay follows the reply, oldest first.
                     if let Some(recovery) = &ok.recovery {
                         for p in &recovery.replay {
-                            if let Some(bytes) = p.encoded(Protocol::Native) {
-                                session.handle.push_message(
-                                    bytes.clone(),
-                                    None,
-                                    &session.node.metrics,
-                                );
+                            if let Some(frame) = p.frame_for(&session.handle) {
+                                session
+                                    .handle
+                                    .push_frame(frame, None, &session.node.metrics);
                             }
                         }
                     }
@@ -101,11 +98,11 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
                     }
                     // A cache channel's last event follows the reply (a miss sends nothing).
                     if let Some(Some(cached)) = &ok.cached
-                        && let Some(bytes) = cached.encoded(Protocol::Native)
+                        && let Some(frame) = cached.frame_for(&session.handle)
                     {
                         session
                             .handle
-                            .push_message(bytes.clone(), None, &session.node.metrics);
+                            .push_frame(frame, None, &session.node.metrics);
                     }
                     if !session.open_gate(&ok) {
                         return Err(CloseCode::Reconnect);

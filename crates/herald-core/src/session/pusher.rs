@@ -13,7 +13,6 @@ use crate::metrics::Metrics;
 use crate::publication::EventData;
 use crate::raw_json::RawJson;
 use crate::refusal::Refusal;
-use crate::wire::Protocol;
 
 /// `pusher:connection_established`.
 pub(super) fn connected(session: &Session) -> Vec<u8> {
@@ -117,10 +116,10 @@ async fn subscribe(session: &mut Session, message: &ClientMessage<'_>) -> Result
             ));
             match &ok.cached {
                 Some(Some(cached)) => {
-                    if let Some(bytes) = cached.encoded(Protocol::Pusher) {
+                    if let Some(frame) = cached.frame_for(&session.handle) {
                         session
                             .handle
-                            .push_message(bytes.clone(), None, &session.node.metrics);
+                            .push_frame(frame, None, &session.node.metrics);
                     }
                 }
                 Some(None) => session.push(encode(

@@ -1,4 +1,4 @@
-//! What the two HTTP transports (SSE and long-polling) share: the registry of their sessions,
+//! What the HTTP transports (SSE, long-polling and pusher-js's `xhr_*`) share: the registry of their sessions,
 //! the command path (client messages POSTed with the session id), and positions in the form
 //! SSE uses for `Last-Event-ID`.
 //!
@@ -42,6 +42,8 @@ pub struct HttpSession {
     pub handle: Arc<herald_core::SessionHandle>,
     /// Long-polling sessions: the buffer polls read from.
     pub poll: Option<Arc<super::long_poll::PollState>>,
+    /// pusher-js HTTP sessions: their receive requests and owner.
+    pub pusher: Option<Arc<super::pusher_http::PusherHttpSession>>,
 }
 
 /// Every HTTP session of this node, by id.
@@ -115,6 +117,7 @@ pub fn connect(
             ip,
             protocol: Protocol::Native,
             transport_session: Some(session_id),
+            deflate: false,
         })
         .map_err(|r| error(&r.refusal))
 }
@@ -276,6 +279,41 @@ pub fn update_position(
             positions.push((channel, position));
             true
         }
+    }
+}
+
+/// A piece of a streaming response body.
+pub type Chunk = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>;
+
+/// Send one chunk, or give up after `write_timeout` (slow consumer), when the client has
+/// gone (the body was dropped), or when the server aborts the connection.
+pub async fn send_chunk(
+    tx: &mpsc::Sender<Chunk>,
+    chunk: Vec<u8>,
+    shared: &Shared,
+    handle: &herald_core::SessionHandle,
+) -> Result<(), herald_protocol::CloseCode> {
+    use herald_protocol::CloseCode;
+    let timeout = shared.config.limits.write_timeout;
+    let sent = tokio::time::timeout(
+        timeout,
+        tx.send(Ok(hyper::body::Frame::data(Bytes::from(chunk)))),
+    );
+    let aborted = async {
+        while !handle.is_aborted() {
+            handle.notified().await;
+        }
+    };
+    // Biased: the send is usually ready at once, and then the abort watch is never polled
+    // (polling it first would register with the queue's wake-up, on every send).
+    tokio::select! {
+        biased;
+        sent = sent => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CloseCode::Normal),
+            Err(_) => Err(CloseCode::SlowConsumer),
+        },
+        () = aborted => Err(CloseCode::GoingAway),
     }
 }
 

@@ -109,6 +109,7 @@ pub async fn open(
             commands,
             handle: session.handle().clone(),
             poll: Some(state.clone()),
+            pusher: None,
         }),
     );
     let shared2 = shared.clone();

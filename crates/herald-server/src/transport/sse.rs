@@ -17,32 +17,29 @@
 //! not read within `write_timeout` is a slow consumer (4101), like on a WebSocket.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_core::metrics::{LocalHistogram, Metrics};
-use herald_core::{OutItem, Session, SessionHandle};
+use herald_core::{OutItem, Session};
 use herald_protocol::CloseCode;
 use herald_protocol::native::{StreamChange, StreamPosition, stream_change};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::commands::Commands;
 use super::http_session::{
-    self, HttpSession, close_notice, format_positions, parse_positions, update_position,
+    self, Chunk, HttpSession, close_notice, format_positions, parse_positions, update_position,
 };
 use crate::http::{Body, header_str, query_param};
 use crate::server::Shared;
 
 /// Chunks that may wait between the session task and the socket.
 const BODY_QUEUE: usize = 8;
-
-type Chunk = Result<Frame<Bytes>, Infallible>;
 
 /// `GET /sse/{app_key}`: open a stream.
 pub async fn open(
@@ -70,6 +67,7 @@ pub async fn open(
             commands,
             handle: session.handle().clone(),
             poll: None,
+            pusher: None,
         }),
     );
     let (tx, rx) = mpsc::channel::<Chunk>(BODY_QUEUE);
@@ -117,34 +115,6 @@ fn write_event(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>, json: &
     out.push(b'\n');
 }
 
-/// Send one chunk, or give up after `write_timeout` (slow consumer), when the client has
-/// gone (the body was dropped), or when the server aborts the connection.
-async fn send(
-    tx: &mpsc::Sender<Chunk>,
-    chunk: Vec<u8>,
-    shared: &Shared,
-    handle: &SessionHandle,
-) -> Result<(), CloseCode> {
-    let timeout = shared.config.limits.write_timeout;
-    let sent = tokio::time::timeout(timeout, tx.send(Ok(Frame::data(Bytes::from(chunk)))));
-    let aborted = async {
-        while !handle.is_aborted() {
-            handle.notified().await;
-        }
-    };
-    // Biased: the send is usually ready at once, and then the abort watch is never polled
-    // (polling it first would register with the queue's wake-up, on every send).
-    tokio::select! {
-        biased;
-        sent = sent => match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(CloseCode::Normal),
-            Err(_) => Err(CloseCode::SlowConsumer),
-        },
-        () = aborted => Err(CloseCode::GoingAway),
-    }
-}
-
 async fn run(
     shared: &Arc<Shared>,
     session: Session,
@@ -179,7 +149,7 @@ async fn run(
             let (out, closed) = events(&mut batch, &mut positions, node.metrics());
             ended = closed;
             if !out.is_empty() {
-                if let Err(code) = send(&tx, out, shared, &handle).await {
+                if let Err(code) = http_session::send_chunk(&tx, out, shared, &handle).await {
                     if code == CloseCode::SlowConsumer {
                         handle.close_slow_consumer(node.metrics());
                     }
@@ -206,7 +176,7 @@ async fn run(
             },
             () = tx.closed() => break 'serve,
             _ = heartbeat.tick() => {
-                if let Err(code) = send(&tx, b": heartbeat\n\n".to_vec(), shared, &handle).await {
+                if let Err(code) = http_session::send_chunk(&tx, b": heartbeat\n\n".to_vec(), shared, &handle).await {
                     ended = Some(code);
                     break 'serve;
                 }
@@ -235,9 +205,11 @@ fn events(
     let mut closed = None;
     while let Some(item) = batch.pop_front() {
         match item {
+            // Never compressed: only WebSockets negotiate permessage-deflate.
             OutItem::Message {
                 bytes,
                 published_at,
+                ..
             } => {
                 if let Some(at) = published_at {
                     latency.observe(now.saturating_duration_since(at));

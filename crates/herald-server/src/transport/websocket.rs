@@ -92,7 +92,11 @@ where
     // Copy the (rare) leftover bytes and drop `prefix`: it may pin hyper's whole read
     // buffer for the life of the connection.
     let mut input = Input {
-        decoder: Decoder::new(Role::Server, opts.max_message_size),
+        // A connection that negotiated permessage-deflate may send compressed messages
+        // (inflated within `max_message_size`); its handle says so, as it tells the fan-out
+        // to send it compressed publications.
+        decoder: Decoder::new(Role::Server, opts.max_message_size)
+            .with_deflate(handle.negotiated_deflate()),
         bytes: BytesMut::from(&prefix[..]),
         incomplete_since: None,
     };
@@ -315,24 +319,35 @@ where
     let mut frames: Vec<(FrameHeader, &[u8])> =
         Vec::with_capacity(batch.len().min(FRAMES_PER_WRITE));
     for item in batch {
-        let (opcode, payload): (OpCode, &[u8]) = match item {
+        let header = match item {
             OutItem::Message {
                 bytes,
+                compressed,
                 published_at,
             } => {
                 if let Some(at) = published_at {
                     latency.observe(now.saturating_duration_since(*at));
                 }
                 delivered += 1;
-                (OpCode::Text, bytes)
+                if *compressed {
+                    (
+                        FrameHeader::compressed(OpCode::Text, bytes.len(), None),
+                        &bytes[..],
+                    )
+                } else {
+                    (
+                        FrameHeader::new(OpCode::Text, bytes.len(), None),
+                        &bytes[..],
+                    )
+                }
             }
-            OutItem::Pong(p) => (OpCode::Pong, p),
+            OutItem::Pong(p) => (FrameHeader::new(OpCode::Pong, p.len(), None), &p[..]),
             OutItem::Close(code) => {
                 close = Some(*code);
                 break;
             }
         };
-        frames.push((FrameHeader::new(opcode, payload.len(), None), payload));
+        frames.push(header);
         if frames.len() == FRAMES_PER_WRITE {
             if let Some(stop) = write_frames(io, handle, &frames, deadline).await {
                 return stop;
@@ -529,10 +544,13 @@ where
     .await;
 }
 
-/// Check a WebSocket upgrade request (RFC 6455 §4.2.1) and build the 101 response.
-/// On failure, the HTTP error response to send instead (400, or 426 for a wrong version).
+/// Check a WebSocket upgrade request (RFC 6455 §4.2.1) and build the 101 response,
+/// accepting permessage-deflate (RFC 7692) when `deflate` allows it and the client offers
+/// it; the response says whether it was accepted. On failure, the HTTP error response to
+/// send instead (400, or 426 for a wrong version).
 pub fn handshake<B>(
     req: &http::Request<B>,
+    deflate: bool,
 ) -> Result<http::Response<crate::http::Body>, http::Response<crate::http::Body>> {
     use crate::http::{fail, header_has_token, header_str};
     use herald_protocol::ErrorCode;
@@ -587,7 +605,23 @@ pub fn handshake<B>(
         "sec-websocket-accept",
         http::HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
+    let offers = req
+        .headers()
+        .get_all("sec-websocket-extensions")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    if deflate && herald_protocol::deflate::negotiate(offers) {
+        h.insert(
+            "sec-websocket-extensions",
+            http::HeaderValue::from_static(herald_protocol::deflate::EXTENSION_RESPONSE),
+        );
+    }
     Ok(resp)
+}
+
+/// Whether a 101 response from [`handshake`] accepted permessage-deflate.
+pub fn accepted_deflate(resp: &http::Response<crate::http::Body>) -> bool {
+    resp.headers().contains_key("sec-websocket-extensions")
 }
 
 #[cfg(test)]
@@ -618,6 +652,7 @@ mod tests {
                 ip: "127.0.0.1".parse().unwrap(),
                 protocol: Protocol::Native,
                 transport_session: None,
+                deflate: true,
             })
             .unwrap();
         let (io, _peer) = tokio::io::duplex(64);

@@ -55,7 +55,7 @@ impl Pusher {
         }
     }
 
-    async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.ws
             .send(Message::text(v.to_string()))
             .await
