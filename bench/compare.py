@@ -137,6 +137,13 @@ SERVERS = {
     },
 }
 
+# Clients that offer permessage-deflate, as browsers do (the deflate scenarios).
+for _name, _base in [("herald-deflate", "herald"), ("soketi-deflate", "soketi")]:
+    SERVERS[_name] = dict(SERVERS[_base], args=SERVERS[_base]["args"] + ["--deflate"])
+# Herald's Pusher protocol, to compare with Soketi on the same protocol.
+SERVERS["herald-pusher"] = dict(SERVERS["herald"], args=["--addr", "127.0.0.1:6001", "--protocol", "pusher"])
+SERVERS["herald-pusher-deflate"] = dict(SERVERS["herald-pusher"], args=SERVERS["herald-pusher"]["args"] + ["--deflate"])
+
 # Every Herald server again, as "<name>-prev", running the previous build.
 for _name in [n for n in SERVERS if n.startswith("herald")]:
     _prev = {k: v for k, v in SERVERS[_name].items()}
@@ -223,6 +230,59 @@ SCENARIOS = {
         "metrics": [
             ("sustained.delivered_per_sec", True, "msg/s"),
             ("sustained.p99_ms", False, "ms"),
+        ],
+    },
+    # permessage-deflate: the same fan-out of a 1.5 KB device status, with clients that offer
+    # compression (as browsers do) and without; Soketi declines the offer (it does not enable
+    # uWebSockets' compressor). Ratios are against herald-deflate.
+    "fanout-deflate": {
+        "args": ["fanout", "--subscribers", "10000", "--messages", "20", "--rate", "4", "--workers", "2", "--source-ips", "2",
+                 "--payload-kind", "device"],
+        "servers": ["herald-deflate", "herald", "herald-pusher-deflate", "herald-pusher", "soketi-deflate"],
+        "baseline": "herald-deflate",
+        "metrics": [
+            ("wire_bytes_per_delivery", False, "bytes"),
+            ("publish_to_last_delivery_ms.median", False, "ms"),
+            ("delivery_latency.p50_ms", False, "ms"),
+            ("delivery_latency.p99_ms", False, "ms"),
+        ],
+    },
+    # The same with a 1.3 KB chat message (English text compresses less than telemetry).
+    "fanout-deflate-chat": {
+        "args": ["fanout", "--subscribers", "10000", "--messages", "20", "--rate", "4", "--workers", "2", "--source-ips", "2",
+                 "--payload-kind", "chat"],
+        "servers": ["herald-deflate", "herald", "herald-pusher-deflate", "soketi-deflate"],
+        "baseline": "herald-deflate",
+        "metrics": [
+            ("wire_bytes_per_delivery", False, "bytes"),
+            ("publish_to_last_delivery_ms.median", False, "ms"),
+            ("delivery_latency.p99_ms", False, "ms"),
+        ],
+    },
+    "throughput-deflate": {
+        "args": ["throughput", "--connections", "1000", "--channels", "10", "--per-connection", "10",
+                 "--start-rate", "50", "--step-factor", "1.3", "--step-secs", "5", "--max-steps", "18", "--workers", "2",
+                 "--payload-kind", "device"],
+        "servers": ["herald-deflate", "herald", "soketi-deflate"],
+        "baseline": "herald-deflate",
+        # At 10^5-10^6 deliveries a second, inflating each one would measure the load tool
+        # (it shares the server's two cores): it reads the markers of one in 16 and counts
+        # the rest. Browsers inflate on their own CPUs.
+        "deflate_args": ["--inflate-every", "16"],
+        "metrics": [
+            ("sustained.delivered_per_sec", True, "msg/s"),
+            ("sustained.p99_ms", False, "ms"),
+            ("sustained.wire_bytes_per_delivery", False, "bytes"),
+        ],
+    },
+    # Idle connections that negotiated compression hold nothing more than those that did not.
+    "idle-deflate": {
+        "args": ["idle", "--connections", "15000", "--channels", "100", "--workers", "2", "--source-ips", "4", "--inflight", "1024",
+                 "--settle-secs", "15"],
+        "servers": ["herald-deflate", "herald", "soketi-deflate"],
+        "baseline": "herald-deflate",
+        "metrics": [
+            ("server_bytes_per_connection", False, "bytes/conn"),
         ],
     },
     "publish-api": {
@@ -333,6 +393,9 @@ def run_one(scenario, name, label):
     proc = start(name)
     try:
         publish = SERVERS[name].get("publish_args", []) if SCENARIOS[scenario]["args"][0] in ("fanout", "publish-api") else []
+        # Options for clients that offer compression (the load tool's own cost of inflating).
+        if "--deflate" in SERVERS[name]["args"]:
+            publish = publish + SCENARIOS[scenario].get("deflate_args", [])
         args = [BENCH] + SCENARIOS[scenario]["args"] + SERVERS[name]["args"] + publish + [
             "--server-pid", str(server_pid(proc)), "--label", name, "--json"]
         out = subprocess.run(args, capture_output=True, text=True, timeout=1800)
@@ -369,6 +432,7 @@ def main():
     summary = {"scenario": a.scenario, "runs": a.runs, "command": " ".join(spec["args"]), "servers": {}}
     print()
     print(f"scenario {a.scenario}, {a.runs} runs each: herald-bench {' '.join(spec['args'])}")
+    base = spec.get("baseline", "herald")
     for path, higher, unit in spec["metrics"]:
         print(f"\n  {path} ({unit}, {'higher' if higher else 'lower'} is better)")
         herald_median = None
@@ -381,7 +445,7 @@ def main():
                 continue
             med = statistics.median(values)
             rows.append((name, med, min(values), max(values)))
-            if name == "herald":
+            if name == base:
                 herald_median = med
             summary["servers"].setdefault(name, {})[path] = {"median": med, "min": min(values), "max": max(values), "values": values}
         for name, med, lo, hi in rows:
@@ -389,9 +453,9 @@ def main():
                 print(f"    {name:<16} no result")
                 continue
             ratio = ""
-            if herald_median and name != "herald" and med:
+            if herald_median and name != base and med:
                 r = (herald_median / med) if higher else (med / herald_median)
-                ratio = f"   herald is {r:.2f}x {'better' if r >= 1 else 'worse'}"
+                ratio = f"   {base} is {r:.2f}x {'better' if r >= 1 else 'worse'}"
             print(f"    {name:<16} median {med:>12.3f}   min-max {lo:.3f} - {hi:.3f}{ratio}")
     losses = {}
     for name in servers:

@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
-  APP, appToml, client, collect, connected, eventually, once, sdk, sleep, startHerald, subscribed,
+  appToml, client, collect, connected, eventually, once, sdk, sleep, startHerald, subscribed,
 } from './helpers.mjs';
 
 let server;

@@ -220,7 +220,7 @@ async function onPage(h, what, fn, arg, ms = WAIT_MS) {
     const v = await h.page.waitForFunction(fn, arg, { timeout: ms, polling: 50 });
     return v.jsonValue();
   } catch (e) {
-    throw new Error(`${what} (within ${ms} ms): ${e.message.split('\n')[0]}\n${await diagnostics(h)}`);
+    throw new Error(`${what} (within ${ms} ms): ${e.message.split('\n')[0]}\n${await diagnostics(h)}`, { cause: e });
   }
 }
 

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::CommonArgs;
 use crate::histogram::Histogram;
 use crate::publisher::Publisher;
-use crate::target::{Target, payload};
+use crate::target::Target;
 use crate::workers::{ChannelPlan, ChurnSpec, Event, Report, Worker, WorkerSpec, plan_workers};
 
 /// The target described by the common arguments.
@@ -25,6 +25,9 @@ pub fn target(c: &CommonArgs) -> Target {
         app_id: c.app_id.clone(),
         app_key: c.app_key.clone(),
         secret: c.secret.clone(),
+        deflate: c.deflate,
+        payload_kind: c.payload_kind,
+        inflate_every: c.inflate_every,
     }
 }
 
@@ -234,7 +237,7 @@ pub async fn paced_publish(
                 tokio::time::sleep_until(due).await;
                 let seq = first_seq + i;
                 let (name, subscribers) = &channels[(i as usize) % channels.len()];
-                let data = payload(seq, payload_size);
+                let data = target.payload(seq, payload_size);
                 let t0 = Instant::now();
                 match publisher.publish(&[name], "bench", &data).await {
                     Ok(200) => {

@@ -125,6 +125,19 @@ pub struct CommonArgs {
     /// Handshakes in flight at once, over all workers.
     #[arg(long, default_value_t = 512)]
     pub inflight: usize,
+    /// WebSocket clients offer permessage-deflate (as browsers do); compressed deliveries
+    /// are read by inflating their first bytes.
+    #[arg(long)]
+    pub deflate: bool,
+    /// With `--deflate`: read the markers (and latency) of one compressed delivery in N and
+    /// only count the others, so that the tool's inflating, on the server's cores, does not
+    /// limit what is measured. 1: every delivery.
+    #[arg(long, default_value_t = 1)]
+    pub inflate_every: u32,
+    /// Measured payloads: `pad` (markers padded with `x` to `--payload` bytes), or a
+    /// realistic `device` status (~1.5 KB) or `chat` message (~1.3 KB).
+    #[arg(long, value_enum, default_value_t = target::PayloadKind::Pad)]
+    pub payload_kind: target::PayloadKind,
     /// A label for the report (the server's name).
     #[arg(long, default_value = "target")]
     pub label: String,

@@ -50,6 +50,35 @@ pub struct Target {
     pub app_key: String,
     /// App secret (API authentication).
     pub secret: String,
+    /// WebSocket clients offer permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
+    /// What measured payloads look like.
+    #[serde(default)]
+    pub payload_kind: PayloadKind,
+    /// With `deflate`: read the markers of one compressed delivery in this many.
+    #[serde(default = "one")]
+    pub inflate_every: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What a measured payload looks like. Compression depends on it: padding compresses to
+/// nothing, real events do not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadKind {
+    /// The markers padded with `x` to `--payload` bytes.
+    #[default]
+    Pad,
+    /// A device status of about 1.5 KB: ids, a firmware string, battery, fifteen sensor
+    /// readings with varying values and timestamps.
+    Device,
+    /// A chat message of about 1.3 KB: ids, the author, an 850-character body of English
+    /// words, mentions and reactions.
+    Chat,
 }
 
 /// What a received text frame is, as far as the load tool cares.
@@ -226,6 +255,199 @@ pub fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
+impl Target {
+    /// The payload of measured message `seq`: padded to about `size` bytes, or a realistic
+    /// event of the target's payload kind.
+    pub fn payload(&self, seq: u64, size: usize) -> String {
+        match self.payload_kind {
+            PayloadKind::Pad => payload(seq, size),
+            PayloadKind::Device => device_status(seq),
+            PayloadKind::Chat => chat_message(seq),
+        }
+    }
+}
+
+/// A small deterministic generator: the same `seq` gives the same event.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seq: u64) -> Self {
+        Self(seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A device status event (see [`PayloadKind::Device`]).
+pub fn device_status(seq: u64) -> String {
+    let mut r = Rng::new(seq);
+    let t = unix_micros();
+    let ms = t / 1000;
+    let mut s = format!(
+        r#"{{"hb_seq":{seq},"hb_t":{t},"device_id":"dev-{:04}","site":"warehouse-{}","firmware":"2.{}.{}-rc{}","battery":{:.2},"online":true,"rssi":-{},"sensors":["#,
+        r.below(10_000),
+        ["north", "south", "east", "west"][r.below(4) as usize],
+        r.below(20),
+        r.below(10),
+        r.below(5),
+        r.below(10_000) as f64 / 10_000.0,
+        40 + r.below(50),
+    );
+    for i in 0..15 {
+        if i > 0 {
+            s.push(',');
+        }
+        // Plausible readings: 18-30 °C, 30-70 %, 990-1030 hPa, two decimals.
+        let (kind, unit, base, span) = [
+            ("temp", "celsius", 18.0, 12.0),
+            ("humidity", "percent", 30.0, 40.0),
+            ("pressure", "hpa", 990.0, 40.0),
+        ][i % 3];
+        let _ = write!(
+            s,
+            r#"{{"sensor":"{kind}-{i}","value":{:.2},"unit":"{unit}","ok":{},"sampled_at":{}}}"#,
+            base + span * r.below(10_000) as f64 / 10_000.0,
+            r.below(10) != 0,
+            ms - r.below(5000),
+        );
+    }
+    s.push_str("]}");
+    s
+}
+
+/// Words chat bodies are made of.
+const WORDS: &[&str] = &[
+    "the",
+    "a",
+    "we",
+    "you",
+    "I",
+    "it",
+    "is",
+    "are",
+    "was",
+    "be",
+    "have",
+    "do",
+    "will",
+    "can",
+    "not",
+    "and",
+    "but",
+    "or",
+    "so",
+    "if",
+    "when",
+    "then",
+    "that",
+    "this",
+    "there",
+    "here",
+    "meeting",
+    "deploy",
+    "release",
+    "tomorrow",
+    "today",
+    "morning",
+    "afternoon",
+    "team",
+    "customer",
+    "order",
+    "invoice",
+    "shipment",
+    "warehouse",
+    "dashboard",
+    "server",
+    "update",
+    "please",
+    "thanks",
+    "great",
+    "sure",
+    "maybe",
+    "later",
+    "check",
+    "review",
+    "merge",
+    "branch",
+    "ticket",
+    "issue",
+    "fixed",
+    "broken",
+    "again",
+    "quickly",
+    "before",
+    "after",
+    "lunch",
+    "coffee",
+    "weekend",
+    "Monday",
+    "Friday",
+    "numbers",
+    "report",
+    "budget",
+    "plan",
+    "design",
+    "mobile",
+    "browser",
+    "login",
+    "password",
+    "email",
+    "call",
+    "video",
+    "link",
+    "photo",
+    "document",
+    "draft",
+    "final",
+    "version",
+    "question",
+    "answer",
+    "idea",
+    "problem",
+];
+
+/// A chat message event (see [`PayloadKind::Chat`]).
+pub fn chat_message(seq: u64) -> String {
+    let mut r = Rng::new(seq);
+    let t = unix_micros();
+    let mut body = String::new();
+    while body.len() < 850 {
+        if !body.is_empty() {
+            body.push(if r.below(9) == 0 { '.' } else { ',' });
+            body.push(' ');
+        }
+        for w in 0..(3 + r.below(8)) {
+            if w > 0 {
+                body.push(' ');
+            }
+            body.push_str(WORDS[r.below(WORDS.len() as u64) as usize]);
+        }
+    }
+    let user = r.below(100_000);
+    format!(
+        r#"{{"hb_seq":{seq},"hb_t":{t},"id":"msg-{:016x}","room":"presence-room.{}","user":{{"id":{user},"name":"User {user}","avatar":"https://cdn.example.com/avatars/{user}.png","role":"member"}},"body":"{body}.","sent_at":{},"edited":false,"mentions":[{},{}],"reactions":{{"thumbs_up":{},"heart":{}}},"reply_to":"msg-{:016x}","client_id":"{:08x}-{:04x}"}}"#,
+        r.next(),
+        r.below(50),
+        t / 1000,
+        r.below(100_000),
+        r.below(100_000),
+        r.below(10),
+        r.below(5),
+        r.next(),
+        r.next() as u32,
+        r.below(65_536),
+    )
+}
+
 /// The payload of measured message `seq`, padded to about `size` bytes.
 pub fn payload(seq: u64, size: usize) -> String {
     let t = unix_micros();
@@ -299,6 +521,20 @@ mod tests {
             ),
             "{q}"
         );
+    }
+
+    #[test]
+    fn realistic_payloads_are_json_of_their_size_and_carry_the_markers() {
+        for (p, lo, hi) in [
+            (device_status(7), 1300, 1700),
+            (chat_message(7), 1100, 1500),
+        ] {
+            let v: serde_json::Value = serde_json::from_str(&p).expect("valid JSON");
+            assert_eq!(v["hb_seq"], 7);
+            assert!((lo..=hi).contains(&p.len()), "{} bytes: {p}", p.len());
+            assert_eq!(delivery(p.as_bytes()).map(|d| d.0), Some(7));
+        }
+        assert_ne!(device_status(1), device_status(2), "values vary");
     }
 
     #[test]

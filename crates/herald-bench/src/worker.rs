@@ -16,9 +16,9 @@ use tokio::task::LocalSet;
 use crate::histogram::Histogram;
 use crate::httpclient::HttpClient;
 use crate::publisher::Publisher;
-use crate::target::{Frame, Target, Transport, payload, unix_micros};
+use crate::target::{Frame, Target, Transport, unix_micros};
 use crate::workers::{ChurnSpec, Command, Event, Report, WorkerSpec};
-use crate::wsclient::WsClient;
+use crate::wsclient::{Received, WsClient};
 
 /// How long each step of a connection's setup may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -41,6 +41,8 @@ struct Stats {
     first_error: Option<String>,
     /// When the last connection finished its setup.
     last_setup: Option<tokio::time::Instant>,
+    /// Bytes the WebSocket connections read.
+    wire_bytes: u64,
 }
 
 impl Stats {
@@ -50,6 +52,16 @@ impl Stats {
         if let Some(slot) = self.last_delivery.get_mut(seq as usize) {
             *slot = (*slot).max(now);
         }
+        if self.first_receive == 0 {
+            self.first_receive = now;
+        }
+        self.last_receive = self.last_receive.max(now);
+    }
+
+    /// A delivery whose markers were not read (a compressed frame not sampled): counted,
+    /// with no latency.
+    fn count(&mut self, now: u64) {
+        self.received += 1;
         if self.first_receive == 0 {
             self.first_receive = now;
         }
@@ -76,8 +88,10 @@ impl Stats {
             failed_cycles: self.failed_cycles,
             secs,
             first_error: self.first_error.clone(),
+            wire_bytes: self.wire_bytes,
         };
         if reset {
+            self.wire_bytes = 0;
             self.received = 0;
             self.latency = Histogram::default();
             self.last_delivery.iter_mut().for_each(|s| *s = 0);
@@ -258,7 +272,15 @@ async fn setup_ws(
     port_hint: u16,
     channels: &[String],
 ) -> std::io::Result<WsClient> {
-    let mut client = WsClient::connect(target.addr, source, port_hint, &target.ws_path()).await?;
+    let mut client = WsClient::connect(
+        target.addr,
+        source,
+        port_hint,
+        &target.ws_path(),
+        target.deflate,
+    )
+    .await?;
+    client.inflate_every(target.inflate_every);
     expect(&mut client, target, Frame::Connected).await?;
     for channel in channels {
         client.send_text(&target.subscribe_message(channel)).await?;
@@ -336,13 +358,17 @@ async fn receive_ws(mut client: WsClient, target: &Target, stats: &Rc<RefCell<St
         }
         let mut now = 0;
         let result = client
-            .read_texts(|text| {
+            .read_texts(|received| {
                 if now == 0 {
                     now = unix_micros();
                 }
-                handle_text(target, text, now, stats, &mut pong);
+                match received {
+                    Received::Text(text) => handle_text(target, text, now, stats, &mut pong),
+                    Received::Counted => stats.borrow_mut().count(now),
+                }
             })
             .await;
+        stats.borrow_mut().wire_bytes += client.take_bytes_read();
         match result {
             Ok(true) => {}
             Ok(false) => {
@@ -446,7 +472,7 @@ async fn one_cycle(
     if publisher.is_none() {
         *publisher = Some(Publisher::connect(target).await?);
     }
-    let data = payload(seq, size);
+    let data = target.payload(seq, size);
     let status = publisher
         .as_mut()
         .expect("set above")

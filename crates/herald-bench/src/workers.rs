@@ -159,6 +159,9 @@ pub struct Report {
     pub secs: f64,
     /// The first error seen, if any.
     pub first_error: Option<String>,
+    /// Bytes the WebSocket connections read from their sockets.
+    #[serde(default)]
+    pub wire_bytes: u64,
 }
 
 /// A running worker, from the coordinator's side.
@@ -234,6 +237,7 @@ pub fn merge(reports: &[Report]) -> (Report, Histogram) {
     let mut hist = Histogram::default();
     for r in reports {
         total.received += r.received;
+        total.wire_bytes += r.wire_bytes;
         hist.merge(&Histogram::from_sparse(&r.latency));
         if total.last_delivery.len() < r.last_delivery.len() {
             total.last_delivery.resize(r.last_delivery.len(), 0);

@@ -53,18 +53,22 @@ pub fn websocket_frames(data: &[u8]) {
     let Some((&cut, data)) = data.split_first() else {
         return;
     };
-    let whole = decode_all(data, data.len().max(1));
-    let pieces = decode_all(data, usize::from(cut).max(1));
-    assert_eq!(
-        whole, pieces,
-        "the decoder depends on how reads cut the bytes"
-    );
+    // Without and with permessage-deflate: compressed frames (RSV1) are refused by one and
+    // inflated, within the size bound, by the other.
+    for deflate in [false, true] {
+        let whole = decode_all(data, data.len().max(1), deflate);
+        let pieces = decode_all(data, usize::from(cut).max(1), deflate);
+        assert_eq!(
+            whole, pieces,
+            "the decoder depends on how reads cut the bytes"
+        );
+    }
 }
 
 /// Decode `data` fed in pieces of `piece` bytes: the messages, and whether it ended in a
 /// violation. Checks what every message guarantees.
-fn decode_all(data: &[u8], piece: usize) -> (Vec<Message>, bool) {
-    let mut decoder = Decoder::new(Role::Server, MAX_MESSAGE);
+fn decode_all(data: &[u8], piece: usize, deflate: bool) -> (Vec<Message>, bool) {
+    let mut decoder = Decoder::new(Role::Server, MAX_MESSAGE).with_deflate(deflate);
     let mut buf = BytesMut::new();
     let mut messages = Vec::new();
     for chunk in data.chunks(piece) {

@@ -13,7 +13,7 @@ use crate::CommonArgs;
 use crate::common::{latency_json, start_fleet, target};
 use crate::histogram::Histogram;
 use crate::publisher::Publisher;
-use crate::target::{payload, unix_micros};
+use crate::target::unix_micros;
 use crate::workers::ChannelPlan;
 
 /// Options of the fanout scenario.
@@ -47,6 +47,9 @@ pub async fn run(c: CommonArgs, a: FanoutArgs) -> Result<Value, String> {
     let channel = plan.name(0);
     let mut fleet = start_fleet(&c, a.subscribers, plan, a.messages, None).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Start counting wire bytes from here: the handshakes are not deliveries.
+    fleet.report(true).await?;
+    let payload_target = target(&c);
     let publish_to = CommonArgs {
         addr: a.publish_addr.unwrap_or(c.addr),
         ..c.clone()
@@ -61,7 +64,7 @@ pub async fn run(c: CommonArgs, a: FanoutArgs) -> Result<Value, String> {
     let started = Instant::now();
     for (seq, sent) in sent_at.iter_mut().enumerate() {
         tokio::time::sleep_until(started + interval * seq as u32).await;
-        let data = payload(seq as u64, a.payload);
+        let data = payload_target.payload(seq as u64, a.payload);
         *sent = unix_micros();
         let t0 = Instant::now();
         let status = publisher
@@ -106,6 +109,9 @@ pub async fn run(c: CommonArgs, a: FanoutArgs) -> Result<Value, String> {
             "samples": to_last.len(),
         },
         "delivered_per_sec": round(report.received as f64 / span.max(1e-9)),
+        "deflate": c.deflate,
+        "payload_kind": c.payload_kind,
+        "wire_bytes_per_delivery": round(report.wire_bytes as f64 / (report.received as f64).max(1.0)),
         "publish_reply": latency_json(&reply),
     });
     fleet.shutdown().await;

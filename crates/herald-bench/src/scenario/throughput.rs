@@ -103,6 +103,7 @@ pub async fn run(c: CommonArgs, a: ThroughputArgs) -> Result<Value, String> {
             "delivered_per_sec": round(report.received as f64 / span),
             "delivery_latency": latency_json(&latency),
             "publish_reply_p99_ms": published.reply.quantile(0.99) as f64 / 1000.0,
+            "wire_bytes_per_delivery": round(report.wire_bytes as f64 / (report.received as f64).max(1.0)),
         });
         let ok = lost == 0 && published.failed == 0 && p99_ms <= a.max_p99_ms;
         steps.push(result.clone());
@@ -129,7 +130,10 @@ pub async fn run(c: CommonArgs, a: ThroughputArgs) -> Result<Value, String> {
             "publishes_per_sec": b["target_publishes_per_sec"],
             "messages_expected": b["messages_expected"],
             "messages_received": b["messages_received"],
+            "wire_bytes_per_delivery": b["wire_bytes_per_delivery"],
         })),
+        "deflate": c.deflate,
+        "payload_kind": c.payload_kind,
         "steps": steps,
     });
     fleet.shutdown().await;

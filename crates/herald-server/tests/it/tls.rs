@@ -169,3 +169,95 @@ async fn wss_session_and_certificate_reload() {
     assert_eq!(tls_connect(tls_addr, &ca).await.1, second_der);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// One POST over TLS on its own connection: the response, body unread.
+async fn https_post(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    path: &str,
+    body: String,
+) -> http::Response<hyper::body::Incoming> {
+    let (stream, _) = tls_connect(addr, ca).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .header(
+            "authorization",
+            format!("Bearer {}", crate::harness::SECRET),
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    sender.send_request(req).await.unwrap()
+}
+
+/// pusher-js's HTTP fallback works on the TLS listener: a stream, a send, a delivery.
+#[tokio::test]
+async fn pusher_http_fallback_over_tls() {
+    use http_body_util::BodyExt;
+    let ca = ca();
+    let dir = temp_dir();
+    let (cert_pem, key_pem, _) = leaf(&ca);
+    std::fs::write(dir.join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &key_pem).unwrap();
+    let server = TestServer::with(|c| {
+        c.server.tls = Some(TlsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert_file: dir.join("cert.pem"),
+            key_file: dir.join("key.pem"),
+            reload_interval: Duration::from_secs(60),
+        });
+    })
+    .await;
+    let tls = server.tls.expect("tls listener");
+    let base = format!("/pusher/app/{APP_KEY}/123/tlstest1");
+    let mut stream = https_post(
+        tls,
+        &ca,
+        &format!("{base}/xhr_streaming?protocol=7"),
+        String::new(),
+    )
+    .await
+    .into_body();
+    let mut text = String::new();
+    // Read frames until `want` has appeared.
+    let mut read_until = async |text: &mut String, want: &str| {
+        while !text.contains(want) {
+            let frame = tokio::time::timeout(Duration::from_secs(5), stream.frame())
+                .await
+                .expect("a frame in time")
+                .expect("the stream is open")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    };
+    read_until(&mut text, "pusher:connection_established").await;
+    assert!(text.starts_with("o\n"), "{text}");
+    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": "secure"}}).to_string();
+    let sent = https_post(
+        tls,
+        &ca,
+        &format!("{base}/xhr_send"),
+        json!([subscribe]).to_string(),
+    )
+    .await;
+    assert_eq!(sent.status(), 204);
+    read_until(&mut text, "subscription_succeeded").await;
+    let publish =
+        json!({"channel": "secure", "event": "over-tls", "data": {"ok": true}}).to_string();
+    let published = https_post(
+        tls,
+        &ca,
+        &format!("/api/{}/publish", crate::harness::APP_ID),
+        publish,
+    )
+    .await;
+    assert_eq!(published.status(), 200);
+    read_until(&mut text, "over-tls").await;
+}

@@ -161,7 +161,14 @@ async fn step<T>(f: impl std::future::Future<Output = io::Result<T>>) -> io::Res
 /// ends, then hang up.
 async fn ws_cycle(ctx: &Ctx, plan: &Cycle) -> io::Result<()> {
     let path = format!("{}?token={}", ctx.target.ws_path(), plan.token);
-    let mut ws = step(WsClient::connect(ctx.target.addr, None, 0, &path)).await?;
+    let mut ws = step(WsClient::connect(
+        ctx.target.addr,
+        None,
+        0,
+        &path,
+        ctx.target.deflate,
+    ))
+    .await?;
     for channel in &plan.channels {
         ws.send_text(&ctx.target.subscribe_message(channel)).await?;
     }
