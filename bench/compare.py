@@ -14,6 +14,7 @@ drifts of the machine affect every server alike. Raw results go to bench/results
 import argparse
 import json
 import os
+import tempfile
 import signal
 import socket
 import statistics
@@ -60,6 +61,25 @@ SERVERS = {
         "cmd": [HERALD, "serve", "--config", "bench/herald-history.toml", "--listen", "127.0.0.1:6001",
                 "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
         "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
+        "cwd": ROOT,
+        "port": 6001,
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
+    },
+    # Herald with history on disk (history.store = "disk"), fsync on every commit and not.
+    "herald-disk": {
+        "cmd": [HERALD, "serve", "--config", "bench/herald-disk.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000",
+                "HERALD_HISTORY__PATH": "fresh"},
+        "cwd": ROOT,
+        "port": 6001,
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
+    },
+    "herald-disk-nofsync": {
+        "cmd": [HERALD, "serve", "--config", "bench/herald-disk.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000",
+                "HERALD_HISTORY__PATH": "fresh", "HERALD_HISTORY__FSYNC": "off"},
         "cwd": ROOT,
         "port": 6001,
         "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
@@ -201,6 +221,27 @@ SCENARIOS = {
             ("publish_reply.p50_ms", False, "ms"),
         ],
     },
+    # Disk history against memory history in one run: fan-out latency, then publish
+    # throughput (every channel keeps history in each).
+    "fanout-history-disk": {
+        "args": ["fanout", "--subscribers", "10000", "--messages", "20", "--rate", "4", "--workers", "2", "--source-ips", "2"],
+        "servers": ["herald-history", "herald-disk", "herald-disk-nofsync"],
+        "baseline": "herald-history",
+        "metrics": [
+            ("publish_to_last_delivery_ms.median", False, "ms"),
+            ("delivery_latency.p99_ms", False, "ms"),
+            ("publish_reply.p50_ms", False, "ms"),
+        ],
+    },
+    "publish-api-history-disk": {
+        "args": ["publish-api", "--concurrency", "64", "--secs", "10", "--subscribers", "2", "--workers", "2"],
+        "servers": ["herald-history", "herald-disk", "herald-disk-nofsync"],
+        "baseline": "herald-history",
+        "metrics": [
+            ("publishes_per_sec", True, "pub/s"),
+            ("publish_reply.p99_ms", False, "ms"),
+        ],
+    },
     # Fan-out across nodes: subscribers on one node, publishes through another, each broker,
     # against the single node in the same run.
     "fanout-cluster": {
@@ -339,6 +380,9 @@ def start(name):
     s = SERVERS[name]
     env = dict(os.environ)
     env.update(s["env"])
+    if env.get("HERALD_HISTORY__PATH") == "fresh":
+        # A disk store starts empty in every run.
+        env["HERALD_HISTORY__PATH"] = tempfile.mkdtemp(prefix="herald-bench-history-")
     env.update({"HERALD_REDIS__PREFIX": f"bench-{os.getpid()}-{time.time_ns()}"})
     proc = subprocess.Popen(s["cmd"], cwd=s["cwd"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

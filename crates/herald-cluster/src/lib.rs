@@ -10,6 +10,7 @@
 //! - [`postgres`]: PostgreSQL `LISTEN`/`NOTIFY` fan-out (low volume), with the same Redis state.
 //! - [`redis`]: everything on one Redis: pub/sub fan-out, history with atomic Lua
 //!   append-and-publish, presence and occupancy with per-node heartbeats.
+//! - [`disk`]: durable history for a single node, on SQLite.
 //!
 //! Nothing here talks to clients: this crate depends on the core, never the other way.
 //! Every backend passes the core's conformance suites (`tests/conformance.rs`).
@@ -18,6 +19,7 @@
 
 pub mod amqp;
 pub mod backoff;
+pub mod disk;
 pub mod envelope;
 pub mod ingest;
 pub mod nats;

@@ -15,6 +15,7 @@
 //!   whose newest publication is older than `ttl` may be removed whole.
 //! - **Reads** never block appends for longer than copying the requested entries.
 
+pub mod journal;
 pub mod memory;
 
 use std::sync::Arc;

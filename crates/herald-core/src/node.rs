@@ -59,7 +59,16 @@ impl Backends {
     /// The single-node, in-memory backends: `dispatchers` fan-out tasks with `queue`-entry
     /// queues, memory presence and memory history.
     pub fn memory(dispatchers: usize, queue: usize) -> Self {
-        let history = Arc::new(MemoryHistory::new());
+        Self::memory_with_history(dispatchers, queue, Arc::new(MemoryHistory::new()))
+    }
+
+    /// The single-node backends with a given history store (a durable one, for
+    /// `history.store = "disk"`).
+    pub fn memory_with_history(
+        dispatchers: usize,
+        queue: usize,
+        history: Arc<MemoryHistory>,
+    ) -> Self {
         Self {
             broker: Arc::new(MemoryBroker::new(dispatchers, queue, history.clone())),
             presence: Arc::new(MemoryPresence::new()),

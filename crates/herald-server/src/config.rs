@@ -10,6 +10,7 @@
 //!
 //! Every key is documented in `docs/configuration.md` and `herald.example.toml`.
 
+mod history;
 pub mod load;
 mod validated;
 
@@ -22,6 +23,7 @@ use herald_core::{AppSettings, NodeLimits};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+pub use history::{FsyncPolicy, HistoryConfig, HistoryStoreKind};
 pub use load::{ConfigError, Overrides, load};
 pub use validated::Validated;
 
@@ -37,6 +39,8 @@ pub struct Config {
     pub log: LogConfig,
     /// How publications reach every node.
     pub broker: BrokerConfig,
+    /// Where a single node keeps channel history (memory, or disk to survive restarts).
+    pub history: HistoryConfig,
     /// The Redis server: the `redis` broker, and the shared state of the other cluster
     /// brokers.
     pub redis: RedisConfig,
@@ -605,6 +609,7 @@ impl Config {
         if self.broker.queue == 0 {
             problems.push(("broker.queue".into(), "must be at least 1".into()));
         }
+        problems.extend(self.history.problems(self.broker.kind));
         if self.broker.kind == BrokerKind::Nats {
             let prefix = &self.nats.prefix;
             if prefix.is_empty()

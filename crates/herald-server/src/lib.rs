@@ -35,6 +35,7 @@ pub mod pusher_api;
 pub mod routes;
 pub mod server;
 pub mod signals;
+pub mod systemd;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

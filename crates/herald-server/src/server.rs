@@ -17,16 +17,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use herald_core::history::memory::MemoryHistory;
 use herald_core::node::Backends;
 use herald_core::{Metrics, Node};
 use herald_protocol::CloseCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::client_ip::IpFilter;
-use crate::config::{BrokerKind, Config, Validated};
+use crate::config::{BrokerKind, Config, HistoryStoreKind, Validated};
 use crate::tls::TlsState;
 use crate::transport::websocket::WsOptions;
 
@@ -147,17 +148,59 @@ fn redis_settings(config: &Validated) -> herald_cluster::redis::RedisSettings {
     }
 }
 
-/// The backends `broker.kind` names: memory, Redis, or a bus paired with Redis state.
-fn backends(config: &Validated, node_id: &Arc<str>) -> Result<Backends, String> {
+/// Open `history.store = "disk"`, saying what it found.
+fn open_disk_history(config: &Validated) -> Result<Arc<MemoryHistory>, String> {
+    use herald_cluster::disk;
+    let path = &config.history.path;
+    let (history, report) = disk::open_history(
+        path,
+        config.history.sync(),
+        config.history.limits(),
+        &disk::boot_id(),
+    )
+    .map_err(|e| e.to_string())?;
+    info!(
+        path = %path.display(),
+        fsync = ?config.history.fsync,
+        streams = report.streams,
+        publications = report.publications,
+        expired = report.expired,
+        "history store opened"
+    );
+    if report.epochs_renewed {
+        warn!(
+            "the history store was not closed before the machine restarted (fsync = \"off\"): \
+             every stream starts a new epoch, so clients reload instead of recovering"
+        );
+    } else if report.unclean {
+        warn!("the history store was not closed cleanly; everything committed was kept");
+    }
+    Ok(history)
+}
+
+/// The backends `broker.kind` names: memory (with memory or disk history), Redis, or a bus
+/// paired with Redis state. Also the durable history, which the server closes when it stops.
+fn backends(
+    config: &Validated,
+    node_id: &Arc<str>,
+) -> Result<(Backends, Option<Arc<MemoryHistory>>), String> {
     use herald_cluster::{amqp, nats, postgres, redis::RedisCluster};
     let redis = || RedisCluster::new(redis_settings(config), node_id.clone());
-    Ok(match config.broker.kind {
+    let mut durable = None;
+    let backends = match config.broker.kind {
         BrokerKind::Memory => {
             let dispatchers = match config.broker.dispatchers {
                 0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
                 n => n,
             };
-            Backends::memory(dispatchers, config.broker.queue)
+            match config.history.store {
+                HistoryStoreKind::Memory => Backends::memory(dispatchers, config.broker.queue),
+                HistoryStoreKind::Disk => {
+                    let history = open_disk_history(config)?;
+                    durable = Some(history.clone());
+                    Backends::memory_with_history(dispatchers, config.broker.queue, history)
+                }
+            }
         }
         BrokerKind::Redis => redis()?.backends(),
         BrokerKind::Nats => {
@@ -190,7 +233,8 @@ fn backends(config: &Validated, node_id: &Arc<str>) -> Result<Backends, String> 
             let broker = postgres::PostgresBroker::new(settings, redis.stream_log());
             redis.backends_with(Arc::new(broker))
         }
-    })
+    };
+    Ok((backends, durable))
 }
 
 /// A built server, ready to run.
@@ -204,6 +248,8 @@ pub struct Server {
     webhooks: std::collections::HashMap<String, Vec<crate::webhooks::WebhookTarget>>,
     /// The Laravel ingests to start, with their settings resolved by validation.
     ingests: Vec<herald_cluster::ingest::IngestSettings>,
+    /// The disk history store, closed (marked clean, WAL folded in) once connections end.
+    durable_history: Option<Arc<MemoryHistory>>,
 }
 
 impl Server {
@@ -216,10 +262,11 @@ impl Server {
         } else {
             Arc::from(config.cluster.node_id.as_str())
         };
+        let (backends, durable_history) = backends(&config, &node_id)?;
         let node = Node::start(
             config.limits.clone(),
             config.apps.clone(),
-            backends(&config, &node_id)?,
+            backends,
             metrics,
         )?;
         let tls = match (&config.server.tls, &config.tls_key) {
@@ -250,6 +297,7 @@ impl Server {
             tls,
             webhooks,
             ingests,
+            durable_history,
         })
     }
 
@@ -354,6 +402,12 @@ impl Server {
             }
         } else {
             info!(closed = asked, "all connections closed");
+        }
+        if let Some(journal) = self.durable_history.as_ref().and_then(|h| h.journal()) {
+            match journal.close().await {
+                Ok(()) => info!("history store closed"),
+                Err(error) => error!(%error, "history store: closing failed"),
+            }
         }
         admin_stop.cancel();
         if let Some(admin) = admin {

@@ -11,7 +11,8 @@
 //!
 //! History goes to a [`MemoryHistory`]: the publish reserves room in the dispatch queue
 //! first, then appends and enqueues under the stream's lock, so offsets enter the queue in
-//! order and nothing waits while holding the lock.
+//! order and nothing waits while holding the lock. A durable history (with a journal) also
+//! reserves room in the journal, and dispatches each publication once it is committed.
 //!
 //! Delivery is exactly once within the process; there is no outage. `subscribe` and
 //! `unsubscribe` have nothing to do: every publication reaches the local handler, which
@@ -22,9 +23,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use herald_protocol::ChannelName;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Broker, BrokerError, BrokerHandler, BrokerHealth, Control, Published};
+use crate::history::journal::Journal;
 use crate::history::memory::MemoryHistory;
 use crate::history::{Appended, HistoryPolicy};
 use crate::publication::Publication;
@@ -77,6 +79,40 @@ impl MemoryBroker {
         Self::new(cores, 4096, Arc::new(MemoryHistory::new()))
     }
 
+    /// A publish to a durable history: room in the dispatch queue and in the journal first,
+    /// then the append; the publication is dispatched, and the publish answered, once the
+    /// journal has committed it.
+    async fn publish_journaled(
+        &self,
+        publication: Publication,
+        policy: &HistoryPolicy,
+        journal: &Journal,
+    ) -> Result<Published, BrokerError> {
+        let sender = self.sender_for(&publication.app_id, &publication.channel);
+        let permit = sender
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        let slot = journal
+            .reserve()
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let (committed, wait) = oneshot::channel();
+        let appended = self
+            .history
+            .append_journaled(publication, policy, Some(slot), move |p| {
+                permit.send(Dispatch::Publication(p.clone()));
+                let _ = committed.send(p);
+            });
+        match appended {
+            Appended::Stored(_) => wait.await.map(Published::Sent).map_err(|_| {
+                BrokerError::Unavailable("the history writer stopped before committing".into())
+            }),
+            Appended::Unchanged(position) => Ok(Published::Unchanged(position)),
+        }
+    }
+
     fn sender_for(&self, app_id: &str, channel: &ChannelName) -> &mpsc::Sender<Dispatch> {
         let i = crate::shard::shard_of(
             &[app_id.as_bytes(), channel.as_str().as_bytes()],
@@ -126,6 +162,9 @@ impl Broker for MemoryBroker {
         history: Option<&HistoryPolicy>,
     ) -> Result<Published, BrokerError> {
         let sender = self.sender_for(&publication.app_id, &publication.channel);
+        if let (Some(policy), Some(journal)) = (history, self.history.journal()) {
+            return self.publish_journaled(publication, policy, journal).await;
+        }
         // Room first: the append below must not wait while it holds the stream's lock.
         let permit = sender.reserve().await.map_err(|_| BrokerError::Closed)?;
         let Some(policy) = history else {

@@ -10,6 +10,9 @@
 //!   the node runs periodically; entries beyond `size` or older than `ttl` are dropped on
 //!   every append and read.
 //!
+//! With a [`Journal`] ([`MemoryHistory::durable`]) every change is also written to disk, in
+//! order, and a restart begins from the streams it restores; see [`super::journal`].
+//!
 //! [`sweep`]: MemoryHistory::sweep
 
 use std::collections::{HashMap, VecDeque};
@@ -22,9 +25,11 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::time::{Duration, Instant};
 
+use super::journal::{Committed, Journal, JournalRecord, JournalSlot, RestoredStream};
 use super::{
     Appended, HistoryError, HistoryPage, HistoryPolicy, HistoryQuery, HistoryStats, HistoryStore,
 };
+use crate::clock::unix_ms;
 use crate::publication::{Payload, Position, Publication};
 
 /// Number of stream-map shards.
@@ -93,6 +98,18 @@ pub struct MemoryHistory {
     epoch_prefix: String,
     /// Makes epochs unique within the process.
     epoch_counter: AtomicU64,
+    /// Where every change is also written, for a store that survives restarts.
+    journal: Option<Journal>,
+}
+
+/// What an append did to its stream, for the journal.
+struct Change {
+    /// The stream was created by this append.
+    new_stream: bool,
+    /// The oldest offset still stored after it.
+    keep_from: u64,
+    /// The payload digest, when the channel dedupes.
+    digest: Option<[u8; 32]>,
 }
 
 impl Default for MemoryHistory {
@@ -108,7 +125,41 @@ impl MemoryHistory {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             epoch_prefix: format!("{:08x}", rand::random::<u32>()),
             epoch_counter: AtomicU64::new(1),
+            journal: None,
         }
+    }
+
+    /// A store that writes every change to `journal`, starting from the streams a restart
+    /// found (`restored`, as the journal's store loaded them).
+    pub fn durable(journal: Journal, restored: Vec<RestoredStream>) -> Self {
+        let mut store = Self::new();
+        let (now, now_ms) = (Instant::now(), unix_ms());
+        // The age of a wall-clock time, as an instant on this process's clock.
+        let instant = |ms: u64| {
+            now.checked_sub(Duration::from_millis(now_ms.saturating_sub(ms)))
+                .unwrap_or(now)
+        };
+        for r in restored {
+            let mut stream = Stream::empty(r.epoch, r.ttl, instant(r.last_append_ms));
+            stream.top = r.top;
+            stream.last_digest = r.last_digest.map(|(d, at)| (d, instant(at)));
+            for (mut publication, at_ms) in r.entries {
+                publication.received_at = instant(at_ms);
+                let len = payload_len(&publication.payload);
+                stream.bytes += len;
+                stream.entries.push_back((Arc::new(publication), len));
+            }
+            let key = (r.app_id, r.channel);
+            let shard = store.shard(&key.0, &key.1);
+            shard.lock().insert(key, stream);
+        }
+        store.journal = Some(journal);
+        store
+    }
+
+    /// The journal, when the store is durable.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
     }
 
     fn shard(&self, app_id: &str, channel: &ChannelName) -> &Mutex<StreamMap> {
@@ -124,21 +175,60 @@ impl MemoryHistory {
     /// Give `publication` the next offset of its channel's stream, store it, and call
     /// `deliver` with it, all under the stream's lock (which keeps offsets in delivery
     /// order). A publication equal to the previous one within the dedupe window is not
-    /// stored and not delivered.
+    /// stored and not delivered. For a store without a journal.
     pub fn append(
+        &self,
+        publication: Publication,
+        policy: &HistoryPolicy,
+        deliver: impl FnOnce(Arc<Publication>),
+    ) -> Appended {
+        self.append_with(publication, policy, |p, _| deliver(p))
+    }
+
+    /// [`append`](Self::append) for a durable store: the publication is queued in `slot`
+    /// under the stream's lock, and `deliver` runs once it is committed (see
+    /// [`super::journal`]). Without a journal `deliver` runs at once.
+    pub fn append_journaled(
+        &self,
+        publication: Publication,
+        policy: &HistoryPolicy,
+        slot: Option<JournalSlot>,
+        deliver: impl FnOnce(Arc<Publication>) + Send + 'static,
+    ) -> Appended {
+        let ttl = policy.ttl;
+        self.append_with(publication, policy, move |p, change| match slot {
+            None => deliver(p),
+            Some(slot) => {
+                let record = JournalRecord::Appended {
+                    publication: p.clone(),
+                    keep_from: change.keep_from,
+                    new_stream: change.new_stream,
+                    ttl,
+                    digest: change.digest,
+                    at_ms: unix_ms(),
+                };
+                let then: Committed = Box::new(move || deliver(p));
+                slot.write(record, Some(then));
+            }
+        })
+    }
+
+    fn append_with(
         &self,
         mut publication: Publication,
         policy: &HistoryPolicy,
-        deliver: impl FnOnce(Arc<Publication>),
+        then: impl FnOnce(Arc<Publication>, Change),
     ) -> Appended {
         let now = Instant::now();
         let digest = policy.dedupe_window.map(|_| digest(&publication.payload));
         let mut shard = self.shard(&publication.app_id, &publication.channel).lock();
         let key = (publication.app_id.clone(), publication.channel.clone());
+        let mut new_stream = false;
         let stream = match shard.get_mut(&key) {
             // An idle stream past its TTL is gone: start a new epoch.
             Some(s) if now.saturating_duration_since(s.last_append) < s.ttl => s,
             _ => {
+                new_stream = true;
                 shard.insert(
                     key.clone(),
                     Stream::empty(self.new_epoch(), policy.ttl, now),
@@ -174,7 +264,12 @@ impl MemoryHistory {
             stream.bytes += len;
         }
         stream.trim(policy.size, policy.ttl, now);
-        deliver(publication);
+        let change = Change {
+            new_stream,
+            keep_from: stream.first_offset(),
+            digest,
+        };
+        then(publication, change);
         Appended::Stored(position)
     }
 
@@ -184,9 +279,22 @@ impl MemoryHistory {
         let mut removed = 0;
         for shard in self.shards.iter() {
             let mut map = shard.lock();
-            let before = map.len();
-            map.retain(|_, s| now.saturating_duration_since(s.last_append) < s.ttl);
-            removed += before - map.len();
+            map.retain(|(app_id, channel), s| {
+                let live = now.saturating_duration_since(s.last_append) < s.ttl;
+                if !live {
+                    removed += 1;
+                    // Housekeeping never waits: a removal the queue has no room for now is
+                    // made by the next restart, which drops expired streams as it loads.
+                    if let Some(slot) = self.journal.as_ref().and_then(Journal::try_reserve) {
+                        let record = JournalRecord::Removed {
+                            app_id: app_id.clone(),
+                            channel: channel.clone(),
+                        };
+                        slot.write(record, None);
+                    }
+                }
+                live
+            });
         }
         removed
     }
@@ -220,6 +328,11 @@ impl HistoryStore for MemoryHistory {
         query: &HistoryQuery,
         create: Option<&HistoryPolicy>,
     ) -> Result<HistoryPage, HistoryError> {
+        // Room to record a stream this read may create, taken before the lock.
+        let mut slot = match (&self.journal, create) {
+            (Some(journal), Some(_)) => Some(journal.reserve().await?),
+            _ => None,
+        };
         let now = Instant::now();
         let mut shard = self.shard(app_id, channel).lock();
         let key = (Arc::from(app_id), channel.clone());
@@ -229,10 +342,18 @@ impl HistoryStore for MemoryHistory {
         if !live {
             shard.remove(&key);
             if let Some(policy) = create {
-                shard.insert(
-                    key.clone(),
-                    Stream::empty(self.new_epoch(), policy.ttl, now),
-                );
+                let epoch = self.new_epoch();
+                if let Some(slot) = slot.take() {
+                    let record = JournalRecord::Created {
+                        app_id: key.0.clone(),
+                        channel: channel.clone(),
+                        epoch: epoch.clone(),
+                        ttl: policy.ttl,
+                        at_ms: unix_ms(),
+                    };
+                    slot.write(record, None);
+                }
+                shard.insert(key.clone(), Stream::empty(epoch, policy.ttl, now));
             }
         }
         let Some(stream) = shard.get_mut(&key) else {
@@ -286,8 +407,18 @@ impl HistoryStore for MemoryHistory {
     }
 
     async fn clear(&self, app_id: &str, channel: &ChannelName) -> Result<bool, HistoryError> {
+        let slot = match &self.journal {
+            Some(journal) => Some(journal.reserve().await?),
+            None => None,
+        };
         let key = (Arc::from(app_id), channel.clone());
-        Ok(self.shard(app_id, channel).lock().remove(&key).is_some())
+        let mut shard = self.shard(app_id, channel).lock();
+        let removed = shard.remove(&key).is_some();
+        if let Some(slot) = slot.filter(|_| removed) {
+            let (app_id, channel) = key;
+            slot.write(JournalRecord::Removed { app_id, channel }, None);
+        }
+        Ok(removed)
     }
 
     async fn stats(&self, app_id: Option<&str>) -> Result<HistoryStats, HistoryError> {

@@ -1,5 +1,5 @@
 //! `herald serve`: load and validate the config (exit 64 if invalid), build the server, bind,
-//! print where it listens, run until SIGTERM/SIGINT, drain.
+//! print where it listens, tell systemd it is ready, run until SIGTERM/SIGINT, drain.
 
 use std::process::ExitCode;
 
@@ -49,7 +49,12 @@ pub fn run(args: &ConfigArgs, overrides: Overrides) -> ExitCode {
         };
         announce(&config, &listeners, started);
         tokio::spawn(crate::signals::reload_on_hangup(server.tls_reloader()));
-        server.run(listeners, crate::signals::shutdown()).await;
+        crate::systemd::ready();
+        let shutdown = async {
+            crate::signals::shutdown().await;
+            crate::systemd::stopping();
+        };
+        server.run(listeners, shutdown).await;
         info!("stopped");
         ExitCode::SUCCESS
     })

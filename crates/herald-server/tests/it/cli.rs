@@ -8,6 +8,8 @@ use tokio::time::Instant;
 
 use serde_json::json;
 
+use crate::harness::free_port;
+
 fn herald() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.env_remove("RUST_LOG");
@@ -17,14 +19,6 @@ fn herald() -> Command {
         }
     }
     cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -292,4 +286,56 @@ fn an_unusable_webhook_url_is_a_config_error() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("apps[0].webhooks[0].url"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_once_the_listeners_are_bound_and_stopping_when_the_drain_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify");
+    let notify = tokio::net::UnixDatagram::bind(&socket_path).expect("bind NOTIFY_SOCKET");
+    let (port, admin) = (free_port(), free_port());
+    let mut child = herald()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--log-level", "warn"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut next_message = async || {
+        let n = tokio::time::timeout(crate::harness::WAIT * 2, notify.recv(&mut buf))
+            .await
+            .expect("a notification in time")
+            .expect("recv");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next_message().await;
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    // Ready means bound: the first try answers, no retry.
+    let (status, _, _) = crate::harness::http(
+        format!("127.0.0.1:{admin}").parse().unwrap(),
+        "GET",
+        "/health",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopping = next_message().await;
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -13,32 +13,10 @@ use herald_core::settings::HistoryRule;
 use serde_json::json;
 
 use crate::cluster::{on_redis, unique_prefix, wait_ready};
-use crate::harness::{APP_ID, APP_KEY, SECRET, TestServer, WAIT};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `herald serve` process; killed (SIGKILL) on drop if still running.
-struct NodeProcess {
-    child: Child,
-    addr: String,
-    admin: String,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::harness::{APP_ID, APP_KEY, HeraldProcess, SECRET, TestServer, WAIT, free_port};
 
 /// Start the herald binary as a cluster node on `redis_url` under `prefix`.
-async fn spawn_node(redis_url: &str, prefix: &str) -> NodeProcess {
+async fn spawn_node(redis_url: &str, prefix: &str) -> HeraldProcess {
     let dir = std::env::temp_dir().join(format!("herald-fault-{}", unique_prefix()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("herald.toml");
@@ -63,43 +41,7 @@ pattern = "feed"
         ),
     )
     .unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HERALD_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    let child = cmd
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn herald");
-    let node = NodeProcess {
-        child,
-        addr: format!("127.0.0.1:{port}"),
-        admin: format!("127.0.0.1:{admin}"),
-    };
-    let deadline = Instant::now() + WAIT * 2;
-    loop {
-        if tokio::net::TcpStream::connect(&node.admin).await.is_err() {
-            assert!(Instant::now() < deadline, "herald process did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        }
-        let (status, _, _) =
-            crate::harness::http(node.admin.parse().unwrap(), "GET", "/ready", None, None).await;
-        if status == 200 {
-            return node;
-        }
-        assert!(Instant::now() < deadline, "herald process not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    HeraldProcess::spawn(&config).await
 }
 
 fn presence_token(user: &str) -> String {

@@ -376,3 +376,73 @@ impl Client {
         }
     }
 }
+
+/// A port that was free a moment ago (for processes that cannot report theirs).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `herald serve` process (the real binary) on free ports; killed with SIGKILL on drop if
+/// still running, which is how the fault tests kill a node.
+pub struct HeraldProcess {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its client listener, `127.0.0.1:port`.
+    pub addr: String,
+    /// Its admin listener.
+    pub admin: String,
+}
+
+impl HeraldProcess {
+    /// Start `herald serve --config config` (with no `HERALD_*` or `RUST_LOG` from the test's
+    /// environment) and wait until `/ready` answers 200.
+    pub async fn spawn(config: &std::path::Path) -> Self {
+        let (port, admin) = (free_port(), free_port());
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HERALD_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--log-level", "warn"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn herald");
+        let node = Self {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            admin: format!("127.0.0.1:{admin}"),
+        };
+        let admin: SocketAddr = node.admin.parse().unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        loop {
+            if TcpStream::connect(admin).await.is_ok()
+                && http(admin, "GET", "/ready", None, None).await.0 == 200
+            {
+                return node;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "herald process not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

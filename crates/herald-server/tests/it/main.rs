@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod cluster_faults;
 mod compression;
+mod disk_history;
 mod hardening;
 mod http_transports;
 mod limits;
