@@ -29,9 +29,12 @@ async fn herald_with(adjust: impl FnOnce(&mut herald_server::config::Config)) ->
     let (addr, _, admin) = listeners.addrs();
     let server = herald_server::server::Server::new(config).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(listeners, async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        server.run(listeners, stopped).await.expect("no handover");
+    });
     Server {
         addr,
         admin: admin.unwrap(),

@@ -398,16 +398,59 @@ impl Node {
         }
     }
 
-    /// Start shutting down: refuse new connections and ask every connection to flush and
-    /// close with `code` (1001, "going away, reconnect"). Returns how many were asked.
+    /// Start shutting down: `/ready` fails, and every connection is asked to flush and close
+    /// with `code` (1001, "going away, reconnect"). Returns how many were asked now (a
+    /// connection already closing is not asked again).
     pub fn drain(&self, code: CloseCode) -> usize {
         self.draining.store(true, Ordering::Release);
         let mut n = 0;
         self.sessions.for_each(|h| {
-            h.close(code);
-            n += 1;
+            n += usize::from(h.close(code));
         });
         n
+    }
+
+    /// Start shutting down as [`Node::drain`] does, but spread the closes evenly over
+    /// `window`, so that the clients' reconnects reach the other nodes (or the process that
+    /// took over) as a steady stream instead of all at once. Connections are closed in the
+    /// registry's order, which follows the hash of their socket id: no client group goes
+    /// first. A zero `window` closes them all at once.
+    ///
+    /// A connection admitted after the first pass (its request was on its way when the
+    /// listener stopped) is asked as well: the drain sweeps every 100 ms until no connection
+    /// is left, so it runs until then or until the caller drops it.
+    pub async fn drain_over(&self, code: CloseCode, window: std::time::Duration) {
+        /// How often a batch of closes is sent while the window runs.
+        const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+        /// How often late connections are looked for after the window.
+        const SWEEP: std::time::Duration = std::time::Duration::from_millis(100);
+        self.draining.store(true, Ordering::Release);
+        let mut handles = Vec::with_capacity(self.connection_count());
+        self.sessions.for_each(|h| handles.push(h.clone()));
+        let total = handles.len();
+        let started = tokio::time::Instant::now();
+        let mut pending = handles.into_iter();
+        let mut asked = 0;
+        while asked < total {
+            let share = if window.is_zero() {
+                1.0
+            } else {
+                started.elapsed().as_secs_f64() / window.as_secs_f64()
+            };
+            // One connection at the first tick, then the share of the window gone by.
+            let due = ((share * total as f64) as usize + 1).min(total);
+            for handle in pending.by_ref().take(due.saturating_sub(asked)) {
+                handle.close(code);
+            }
+            asked = asked.max(due);
+            if asked < total {
+                tokio::time::sleep(TICK).await;
+            }
+        }
+        while self.connection_count() > 0 {
+            self.drain(code);
+            tokio::time::sleep(SWEEP).await;
+        }
     }
 
     /// End every connection still open now, mid-write or not (the shutdown grace period is

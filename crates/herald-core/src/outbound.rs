@@ -283,16 +283,17 @@ impl SessionHandle {
     }
 
     /// Ask the writer to flush what is queued and close with `code`. Only the first close
-    /// counts; the connection drops anything queued after it.
-    pub fn close(&self, code: CloseCode) {
+    /// counts (it returns `true`); the connection drops anything queued after it.
+    pub fn close(&self, code: CloseCode) -> bool {
         let mut q = self.queue.lock();
         if q.closing.is_some() {
-            return;
+            return false;
         }
         q.closing = Some(code);
         q.items.push_back(OutItem::Close(code));
         drop(q);
         self.notify.notify_one();
+        true
     }
 
     /// Make the transport stop now, whatever it is doing (writes included); its session is

@@ -124,6 +124,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                     "cluster": cluster,
                     "history": history,
                     "http_sessions": shared.http_sessions.len(),
+                    "tls": tls_status(&shared),
+                    "pid": std::process::id(),
                     "apps": apps,
                 }),
             )
@@ -132,6 +134,23 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
             let mut text = String::with_capacity(4096);
             let uptime = shared.started.elapsed().as_secs_f64();
             let rss = rss_bytes().unwrap_or(0) as f64;
+            let mut tls_gauges = Vec::new();
+            if let Some(tls) = &shared.tls {
+                if let Some(t) = tls.not_after() {
+                    tls_gauges.push((
+                        "herald_tls_certificate_expiry_seconds",
+                        "Seconds until the TLS certificate expires (negative once it has).",
+                        t as f64 - herald_core::clock::unix_secs() as f64,
+                    ));
+                }
+                if let Some(report) = tls.acme_report() {
+                    tls_gauges.push((
+                        "herald_acme_last_attempt_failed",
+                        "1 when the last ACME order failed (the current certificate keeps serving).",
+                        if report.last_error.is_some() { 1.0 } else { 0.0 },
+                    ));
+                }
+            }
             node.metrics().render_prometheus(
                 &mut text,
                 &[
@@ -168,7 +187,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                             0.0
                         },
                     ),
-                ],
+                ]
+                .into_iter()
+                .chain(tls_gauges)
+                .collect::<Vec<_>>(),
             );
             let mut resp = Response::new(full(text));
             resp.headers_mut().insert(
@@ -196,4 +218,19 @@ pub fn rss_bytes() -> Option<u64> {
 /// The admin listener's address, for logs.
 pub fn describe(addr: SocketAddr) -> String {
     format!("http://{addr} (/health /ready /status /metrics)")
+}
+
+/// The TLS listener's certificate and, when Herald obtains it, the ACME client's state.
+fn tls_status(shared: &Shared) -> serde_json::Value {
+    let Some(tls) = &shared.tls else {
+        return serde_json::Value::Null;
+    };
+    let now = herald_core::clock::unix_secs() as i64;
+    json!({
+        "certificate": tls.not_after().map(|t| json!({
+            "not_after_unix": t,
+            "expires_in_seconds": t as i64 - now,
+        })),
+        "acme": tls.acme_report(),
+    })
 }

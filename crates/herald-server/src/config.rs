@@ -10,6 +10,7 @@
 //!
 //! Every key is documented in `docs/configuration.md` and `herald.example.toml`.
 
+mod acme;
 mod history;
 pub mod load;
 mod validated;
@@ -23,6 +24,7 @@ use herald_core::{AppSettings, NodeLimits};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+pub use acme::AcmeConfig;
 pub use history::{FsyncPolicy, HistoryConfig, HistoryStoreKind};
 pub use load::{ConfigError, Overrides, load};
 pub use validated::Validated;
@@ -157,9 +159,20 @@ pub struct ServerConfig {
     /// Time allowed for a TLS handshake and for a request's headers to arrive.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
-    /// Time given to clients to reconnect elsewhere and to in-flight requests on shutdown.
+    /// Time given to clients to reconnect elsewhere and to in-flight requests on shutdown
+    /// (and on a handover), counted from the start of the drain.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace_period: Duration,
+    /// A drain (shutdown or handover) asks its clients to reconnect spread evenly over this
+    /// long, so that their reconnects arrive as a stream, not a thundering herd. Shorter than
+    /// `shutdown_grace_period`; `0s` asks them all at once.
+    #[serde(deserialize_with = "duration")]
+    pub drain_window: Duration,
+    /// How long a running process waits for the process it started on SIGUSR2 to be ready
+    /// to take over, and then to serve, before it gives up (and, before the hand-over,
+    /// keeps serving).
+    #[serde(deserialize_with = "duration")]
+    pub handover_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` header is trusted to give the client address.
     #[serde(deserialize_with = "networks")]
     pub trusted_proxies: Vec<IpNet>,
@@ -192,6 +205,8 @@ impl Default for ServerConfig {
             tls: None,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace_period: Duration::from_secs(10),
+            drain_window: Duration::from_secs(5),
+            handover_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
             ip_allow: Vec::new(),
             ip_deny: Vec::new(),
@@ -210,10 +225,15 @@ pub struct TlsConfig {
     /// Address of the TLS listener.
     #[serde(default = "default_tls_listen")]
     pub listen: SocketAddr,
-    /// PEM file with the certificate chain (leaf first).
+    /// PEM file with the certificate chain (leaf first). With `acme`, the cache's.
+    #[serde(default)]
     pub cert_file: PathBuf,
-    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1). With `acme`, the cache's.
+    #[serde(default)]
     pub key_file: PathBuf,
+    /// Obtain and renew the certificate from an ACME CA instead of reading given files.
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
     /// How often the two files are checked for changes (a renewal is picked up without a
     /// restart; SIGHUP also reloads). `0s` disables the check.
     #[serde(default = "default_reload_interval", deserialize_with = "duration")]
@@ -544,6 +564,20 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(("log.level".into(), format!("invalid filter: {e}")));
         }
+        if self.server.drain_window >= self.server.shutdown_grace_period
+            && !self.server.drain_window.is_zero()
+        {
+            problems.push((
+                "server.drain_window".into(),
+                "must be shorter than server.shutdown_grace_period".into(),
+            ));
+        }
+        if self.server.handover_timeout < Duration::from_secs(1) {
+            problems.push((
+                "server.handover_timeout".into(),
+                "must be at least 1s".into(),
+            ));
+        }
         if self.server.max_body_bytes < 1024 {
             problems.push((
                 "server.max_body_bytes".into(),
@@ -718,11 +752,38 @@ impl Config {
         if self.admin.enabled {
             ports.push(("admin.listen", self.admin.listen));
         }
-        if let Some(tls) = &self.server.tls {
+        if let Some(tls) = &mut self.server.tls {
             ports.push(("server.tls.listen", tls.listen));
-            match crate::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
-                Ok(key) => tls_key = Some(key),
-                Err(e) => problems.push(("server.tls".into(), e)),
+            match &tls.acme {
+                Some(acme) => {
+                    problems.extend(acme.problems());
+                    if !tls.cert_file.as_os_str().is_empty() || !tls.key_file.as_os_str().is_empty()
+                    {
+                        problems.push((
+                            "server.tls.cert_file".into(),
+                            "leave cert_file and key_file out with [server.tls.acme]: the \
+                             certificate lives in its cache_dir"
+                                .into(),
+                        ));
+                    }
+                    tls.cert_file = acme.cert_file();
+                    tls.key_file = acme.key_file();
+                    // A certificate from an earlier run serves at once; without one the
+                    // listener answers only the CA's challenges until the first is issued.
+                    if tls.cert_file.exists() {
+                        match crate::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
+                            Ok(key) => tls_key = Some(key),
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                "the cached ACME certificate cannot be used; obtaining a new one"
+                            ),
+                        }
+                    }
+                }
+                None => match crate::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
+                    Ok(key) => tls_key = Some(key),
+                    Err(e) => problems.push(("server.tls".into(), e)),
+                },
             }
         }
         for (i, (key, addr)) in ports.iter().enumerate() {

@@ -22,12 +22,14 @@
 // response. Those are cold paths; boxing the response would only add an allocation.
 #![allow(clippy::result_large_err)]
 
+pub mod acme;
 pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod client_ip;
 pub mod commands;
 pub mod config;
+pub mod handover;
 pub mod history_api;
 pub mod http;
 pub mod listener;

@@ -65,6 +65,11 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option
 }
 
 /// Serve HTTP/1.1 on one connection (with WebSocket upgrades).
+///
+/// When shutdown starts, a connection that has not sent its first request yet gets until
+/// `handshake_timeout` to send it, and that request is served: a client whose connection was
+/// accepted an instant before the listener stopped (a handover, a drain) is answered, not
+/// dropped. Any other connection finishes its request in flight and closes.
 pub(crate) async fn serve_http<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -72,7 +77,12 @@ where
     let shutdown = shared.shutdown.clone();
     let hard_stop = shared.hard_stop.clone();
     let timeout = shared.config.server.handshake_timeout;
-    let service = service_fn(move |req| crate::routes::handle(shared.clone(), peer, req));
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let started = first_request.clone();
+    let service = service_fn(move |req| {
+        started.notify_one();
+        crate::routes::handle(shared.clone(), peer, req)
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
@@ -80,18 +90,39 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
+    let first = first_request.notified();
+    tokio::pin!(first);
+    let mut served = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break Some(result),
+            () = first.as_mut(), if !served => served = true,
+            () = shutdown.cancelled() => break None,
+        }
+    };
+    if let Some(result) = result {
+        if let Err(e) = result {
+            debug!(%peer, error = %e, "http connection ended with an error");
+        }
+        return;
+    }
+    if !served {
+        // Accepted just before the listener stopped: let its first request in.
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(%peer, error = %e, "http connection ended with an error");
+                }
+                return;
+            }
+            () = first => {}
+            () = tokio::time::sleep(timeout) => {}
+            () = hard_stop.cancelled() => return,
+        }
+    }
+    conn.as_mut().graceful_shutdown();
     tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "http connection ended with an error");
-            }
-        }
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = hard_stop.cancelled() => {}
-            }
-        }
+        _ = conn.as_mut() => {}
+        () = hard_stop.cancelled() => {}
     }
 }

@@ -33,6 +33,8 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let requests = shared.clone();
+    let _in_flight = requests.requests.enter();
     let client_ip = shared.ip_filter.client_ip(peer.ip(), req.headers());
     if shared.ip_filter.is_trusted_proxy(peer.ip()) && !shared.ip_filter.allows(client_ip) {
         return Ok(fail(ErrorCode::IpDenied, "client address not allowed"));

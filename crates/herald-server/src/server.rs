@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use herald_core::history::memory::MemoryHistory;
@@ -28,6 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::client_ip::IpFilter;
 use crate::config::{BrokerKind, Config, HistoryStoreKind, Validated};
+use crate::handover::{HandoverError, Inherited, Successor};
 use crate::tls::TlsState;
 use crate::transport::websocket::WsOptions;
 
@@ -53,6 +55,59 @@ pub struct Shared {
     pub http_sessions: crate::transport::http_session::HttpSessions,
     /// Reads every request body within its size, time and memory bounds.
     pub bodies: crate::http::BodyReader,
+    /// The TLS listener's state (certificate expiry and ACME for `/status`, `/metrics`).
+    pub tls: Option<Arc<TlsState>>,
+    /// Client requests being handled, so a handover can let them finish before the new
+    /// process opens the history they write to.
+    pub requests: InFlight,
+}
+
+/// A count of requests being handled, and a way to wait until there are none.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// Requests being handled now.
+    count: std::sync::atomic::AtomicUsize,
+    /// Woken when the count falls to zero.
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Count a request until the guard is dropped.
+    pub fn enter(&self) -> InFlightGuard<'_> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlightGuard(self)
+    }
+
+    /// Wait until no request is being handled, at most `limit`. Whether none is.
+    pub async fn idle(&self, limit: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+}
+
+/// Counts one request in [`InFlight`] while it lives.
+#[derive(Debug)]
+pub struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Shared {
@@ -95,22 +150,49 @@ pub struct Listeners {
 impl Listeners {
     /// Bind every configured listener. The error names the config key of the one that failed.
     pub async fn bind(config: &Config) -> Result<Self, String> {
+        Self::bind_or_inherit(config, &mut Inherited::default()).await
+    }
+
+    /// Take each configured listener from `inherited` (systemd socket activation, or the
+    /// process that handed over), matched by address, or bind it.
+    pub async fn bind_or_inherit(
+        config: &Config,
+        inherited: &mut Inherited,
+    ) -> Result<Self, String> {
         let backlog = config.server.listen_backlog;
-        let bind = |key: &'static str, addr: SocketAddr| async move {
-            listen(addr, backlog).map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
+        let mut bind = |key: &'static str, addr: SocketAddr| {
+            let listener = match inherited.take(addr) {
+                Some(socket) => {
+                    info!(key, %addr, "listening on an inherited socket");
+                    socket
+                        .set_nonblocking(true)
+                        .and_then(|()| TcpListener::from_std(socket))
+                }
+                None => listen(addr, backlog),
+            };
+            listener.map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
         };
         Ok(Self {
-            main: bind("server.listen", config.server.listen).await?,
+            main: bind("server.listen", config.server.listen)?,
             tls: match &config.server.tls {
-                Some(tls) => Some(bind("server.tls.listen", tls.listen).await?),
+                Some(tls) => Some(bind("server.tls.listen", tls.listen)?),
                 None => None,
             },
             admin: if config.admin.enabled {
-                Some(bind("admin.listen", config.admin.listen).await?)
+                Some(bind("admin.listen", config.admin.listen)?)
             } else {
                 None
             },
         })
+    }
+
+    /// Duplicates of every listening socket, for a process that takes over.
+    fn duplicates(&self) -> std::io::Result<Vec<OwnedFd>> {
+        std::iter::once(&self.main)
+            .chain(&self.tls)
+            .chain(&self.admin)
+            .map(|l| l.as_fd().try_clone_to_owned())
+            .collect()
     }
 
     /// The bound addresses: (main, tls, admin).
@@ -250,6 +332,9 @@ pub struct Server {
     ingests: Vec<herald_cluster::ingest::IngestSettings>,
     /// The disk history store, closed (marked clean, WAL folded in) once connections end.
     durable_history: Option<Arc<MemoryHistory>>,
+    /// Requests to hand over to a new process (SIGUSR2 in the binary); none in tests that
+    /// run the server in-process.
+    handover_requests: Option<tokio::sync::mpsc::Receiver<()>>,
 }
 
 impl Server {
@@ -269,9 +354,9 @@ impl Server {
             backends,
             metrics,
         )?;
-        let tls = match (&config.server.tls, &config.tls_key) {
-            (Some(settings), Some(key)) => Some(TlsState::new(settings, key.clone())?),
-            _ => None,
+        let tls = match &config.server.tls {
+            Some(settings) => Some(TlsState::new(settings, config.tls_key.clone())?),
+            None => None,
         };
         let ip_filter = IpFilter::new(
             config.server.ip_allow.clone(),
@@ -293,12 +378,22 @@ impl Server {
                 started: tokio::time::Instant::now(),
                 http_sessions: crate::transport::http_session::HttpSessions::new(),
                 bodies,
+                tls: tls.clone(),
+                requests: InFlight::default(),
             }),
             tls,
             webhooks,
             ingests,
             durable_history,
+            handover_requests: None,
         })
+    }
+
+    /// Hand over to a new process of this binary whenever `requests` yields (see
+    /// `crate::handover`).
+    pub fn with_handover(mut self, requests: tokio::sync::mpsc::Receiver<()>) -> Self {
+        self.handover_requests = Some(requests);
+        self
     }
 
     /// Serve one connection that was accepted elsewhere (any byte stream: a Unix socket, an
@@ -321,10 +416,71 @@ impl Server {
         self.tls.clone()
     }
 
-    /// Serve until `shutdown` completes, then drain (see the module docs).
-    pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
-        let shared = self.shared;
+    /// Serve until `shutdown` completes, or until a process started by a handover request
+    /// has taken over; then drain (see the module docs). An error means a handover failed
+    /// after this process had let go: nothing serves, and the binary exits with a failure
+    /// so that the service manager starts Herald again.
+    pub async fn run(
+        mut self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), HandoverError> {
+        let shared = self.shared.clone();
+        let sockets = match self.handover_requests {
+            Some(_) => listeners.duplicates().unwrap_or_else(|e| {
+                warn!(error = %e, "cannot keep the listening sockets for a handover");
+                self.handover_requests = None;
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
         let admin_stop = CancellationToken::new();
+        let (loops, admin, ingests) = self.start(listeners, &admin_stop);
+
+        let successor = self.wait_for_stop(shutdown, &sockets).await;
+        drop(sockets);
+
+        let grace = shared.config.server.shutdown_grace_period;
+        info!(grace = ?grace, "no longer accepting; asking clients to reconnect");
+        shared.shutdown.cancel();
+        for ingest in ingests {
+            ingest.stop().await;
+        }
+        for l in loops {
+            let _ = l.await;
+        }
+        let drain_started = tokio::time::Instant::now();
+        let handed_over = match successor {
+            Some(successor) => self.release(successor).await,
+            None => Ok(()),
+        };
+        self.drain(grace.saturating_sub(drain_started.elapsed()))
+            .await;
+        if let Some(journal) = self.durable_history.as_ref().and_then(|h| h.journal()) {
+            match journal.close().await {
+                Ok(()) => info!("history store closed"),
+                Err(error) => error!(%error, "history store: closing failed"),
+            }
+        }
+        admin_stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        handed_over
+    }
+
+    /// Start the accept loops, the TLS and ACME watchers, the webhook sender, the admin
+    /// listener and the Laravel ingests.
+    fn start(
+        &mut self,
+        listeners: Listeners,
+        admin_stop: &CancellationToken,
+    ) -> (
+        Vec<tokio::task::JoinHandle<()>>,
+        Option<tokio::task::JoinHandle<()>>,
+        Vec<herald_cluster::ingest::Ingest>,
+    ) {
+        let shared = &self.shared;
         let mut loops = Vec::new();
         loops.push(tokio::spawn(crate::listener::accept_loop(
             listeners.main,
@@ -344,12 +500,21 @@ impl Server {
                 .as_ref()
                 .map(|t| t.reload_interval)
                 .unwrap_or_default();
-            tokio::spawn(tls.watch(interval, shared.shutdown.clone()));
+            tokio::spawn(tls.clone().watch(interval, shared.shutdown.clone()));
+            if let Some(acme) = shared
+                .config
+                .server
+                .tls
+                .as_ref()
+                .and_then(|t| t.acme.clone())
+            {
+                tokio::spawn(crate::acme::run(tls.clone(), acme, shared.shutdown.clone()));
+            }
         }
         if let Some(rx) = shared.node.take_webhook_receiver() {
             tokio::spawn(crate::webhooks::run(
                 shared.node.clone(),
-                self.webhooks,
+                std::mem::take(&mut self.webhooks),
                 rx,
                 admin_stop.clone(),
             ));
@@ -358,26 +523,102 @@ impl Server {
             .admin
             .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone(), admin_stop.clone())));
         let mut ingests = Vec::new();
-        for settings in self.ingests {
+        for settings in std::mem::take(&mut self.ingests) {
             let app = settings.app_id.clone();
             match herald_cluster::ingest::Ingest::spawn(shared.node.clone(), settings) {
                 Ok(i) => ingests.push(i),
                 Err(e) => warn!(error = %e, app = %app, "Laravel ingest not started"),
             }
         }
+        (loops, admin, ingests)
+    }
 
-        shutdown.await;
+    /// Serve until `shutdown` completes (then `None`), or until a new process, started on a
+    /// handover request, is ready to take over (then that process). A new process that
+    /// fails before it is ready changes nothing here: it is logged and serving goes on.
+    async fn wait_for_stop(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+        sockets: &[OwnedFd],
+    ) -> Option<Successor> {
+        tokio::pin!(shutdown);
+        let Some(mut requests) = self.handover_requests.take() else {
+            shutdown.await;
+            return None;
+        };
+        let timeout = self.shared.config.server.handover_timeout;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return None,
+                Some(()) = requests.recv() => {
+                    crate::systemd::reloading();
+                    let attempt = async {
+                        let sockets = sockets
+                            .iter()
+                            .map(OwnedFd::try_clone)
+                            .collect::<std::io::Result<Vec<_>>>()?;
+                        let mut successor = Successor::spawn(sockets)?;
+                        info!(pid = successor.pid(), "handover: started a new process");
+                        successor.ready(timeout).await?;
+                        Ok::<_, HandoverError>(successor)
+                    };
+                    tokio::select! {
+                        attempt = attempt => match attempt {
+                            Ok(successor) => {
+                                info!(pid = successor.pid(), "handover: the new process is ready; handing over");
+                                return Some(successor);
+                            }
+                            Err(error) => {
+                                error!(%error, "handover failed; this process keeps serving");
+                                crate::systemd::ready();
+                            }
+                        },
+                        () = &mut shutdown => return None,
+                    }
+                }
+            }
+        }
+    }
 
-        let grace = shared.config.server.shutdown_grace_period;
-        info!(grace = ?grace, "shutting down: no longer accepting, asking clients to reconnect");
-        shared.shutdown.cancel();
-        for ingest in ingests {
-            ingest.stop().await;
+    /// Let the new process have the history: wait for the requests in flight (a publish
+    /// accepted here is stored before the new process reads the store), close the disk
+    /// history, say so, and wait until the new process serves.
+    async fn release(&self, mut successor: Successor) -> Result<(), HandoverError> {
+        let config = &self.shared.config.server;
+        if !self.shared.requests.idle(config.body_timeout).await {
+            warn!(
+                "handover: requests still in flight after server.body_timeout; handing over anyway"
+            );
         }
-        for l in loops {
-            let _ = l.await;
+        if let Some(journal) = self.durable_history.as_ref().and_then(|h| h.journal()) {
+            if let Err(error) = journal.close().await {
+                error!(%error, "history store: closing failed");
+            }
         }
-        let asked = shared.node.drain(CloseCode::GoingAway);
+        match successor.release(config.handover_timeout).await {
+            Ok(()) => {
+                info!(
+                    pid = successor.pid(),
+                    "handover: the new process serves; draining"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                error!(%error, "handover: the new process failed after this one let go; draining and exiting with a failure so that Herald is restarted");
+                Err(error)
+            }
+        }
+    }
+
+    /// Ask every connection to reconnect, spread over `server.drain_window`, and wait for
+    /// them to end within `grace`; then end whatever is left.
+    async fn drain(&self, grace: std::time::Duration) {
+        let shared = &self.shared;
+        let node = shared.node.clone();
+        let window = shared.config.server.drain_window;
+        let open = node.connection_count();
+        let asking =
+            tokio::spawn(async move { node.drain_over(CloseCode::GoingAway, window).await });
         shared.tracker.close();
         if tokio::time::timeout(grace, shared.tracker.wait())
             .await
@@ -388,8 +629,8 @@ impl Server {
             let remaining = shared.node.abort_all();
             shared.hard_stop.cancel();
             warn!(
-                asked,
-                remaining, "grace period over; closing the remaining connections"
+                remaining,
+                "grace period over; closing the remaining connections"
             );
             if tokio::time::timeout(ABORT_WAIT, shared.tracker.wait())
                 .await
@@ -401,18 +642,9 @@ impl Server {
                 );
             }
         } else {
-            info!(closed = asked, "all connections closed");
+            info!(closed = open, "all connections closed");
         }
-        if let Some(journal) = self.durable_history.as_ref().and_then(|h| h.journal()) {
-            match journal.close().await {
-                Ok(()) => info!("history store closed"),
-                Err(error) => error!(%error, "history store: closing failed"),
-            }
-        }
-        admin_stop.cancel();
-        if let Some(admin) = admin {
-            let _ = admin.await;
-        }
+        asking.abort();
     }
 }
 

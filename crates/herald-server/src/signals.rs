@@ -1,5 +1,5 @@
 //! Process signals: SIGTERM/SIGINT start a graceful shutdown; SIGHUP reloads the TLS
-//! certificate.
+//! certificate; SIGUSR2 hands over to a new process (`crate::handover`).
 
 use std::sync::Arc;
 
@@ -34,4 +34,19 @@ pub async fn reload_on_hangup(tls: Option<Arc<TlsState>>) {
             None => info!("SIGHUP received; nothing to reload (no TLS configured)"),
         }
     }
+}
+
+/// A request for every SIGUSR2, from now on. Installed before the server runs, so that the
+/// signal never falls to its default action (which ends the process).
+pub fn handover_requests() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while usr2.recv().await.is_some() {
+            info!("SIGUSR2 received: handing over to a new process");
+            // One at a time: a request while one is pending adds nothing.
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(rx)
 }

@@ -18,6 +18,25 @@ pub fn stopping() {
     ]);
 }
 
+/// A handover has begun: the unit shows "reloading" until the new process says it is ready
+/// (or this one again, when the handover fails).
+pub fn reloading() {
+    notify(&[
+        NotifyState::Reloading,
+        NotifyState::Status("handing over to a new process"),
+    ]);
+}
+
+/// This process took over from the old one and serves: systemd follows it as the unit's
+/// main process from now on (the unit needs `NotifyAccess=all`).
+pub fn took_over() {
+    notify(&[
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Ready,
+        NotifyState::Status("serving (took over from the previous process)"),
+    ]);
+}
+
 fn notify(states: &[NotifyState<'_>]) {
     if let Err(error) = sd_notify::notify(false, states) {
         debug!(%error, "systemd notification not sent");

@@ -88,15 +88,11 @@ impl Node {
         ))
     }
 
-    /// Every check, in order: draining, app, origin, token, limits.
+    /// Every check, in order: app, origin, token, limits. A draining node still admits: only
+    /// a request that was on its way when the listener stopped gets here, and the drain asks
+    /// that connection to reconnect like every other (`Node::drain_over`), after it has been
+    /// told it is connected; a refusal would look like a failed attempt to the client.
     fn admit(self: &Arc<Self>, req: &ConnectRequest<'_>) -> Result<Admitted, ConnectRefusal> {
-        if self.draining.load(Ordering::Acquire) {
-            return Err(ConnectRefusal::new(
-                ErrorCode::TooManyConnections,
-                CloseCode::GoingAway,
-                "server is shutting down",
-            ));
-        }
         let app = self.app_for(req)?;
         let identity = authenticate(&app, req.token)?;
         let admission = Admission::acquire(self, &app, req.ip).map_err(|what| {

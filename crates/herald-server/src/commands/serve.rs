@@ -1,5 +1,7 @@
-//! `herald serve`: load and validate the config (exit 64 if invalid), build the server, bind,
-//! print where it listens, tell systemd it is ready, run until SIGTERM/SIGINT, drain.
+//! `herald serve`: load and validate the config (exit 64 if invalid), build the server, bind
+//! (or take the sockets systemd or the previous process handed over), print where it
+//! listens, tell systemd it is ready, run until SIGTERM/SIGINT or until a process started on
+//! SIGUSR2 has taken over, drain.
 
 use std::process::ExitCode;
 
@@ -7,12 +9,21 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::cli::{ConfigArgs, EXIT_CONFIG, load_config};
-use crate::config::{LogFormat, Overrides, Validated};
+use crate::config::{HistoryStoreKind, LogFormat, Overrides, Validated};
+use crate::handover::{Inherited, Predecessor};
 use crate::server::{Listeners, Server};
 
 /// Run the server.
 pub fn run(args: &ConfigArgs, overrides: Overrides) -> ExitCode {
     let started = Instant::now();
+    // Before any thread starts: taking inherited sockets edits the environment.
+    let mut inherited = match Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match load_config(args, &overrides) {
         Ok(c) => c,
         Err(code) => return code,
@@ -30,16 +41,46 @@ pub fn run(args: &ConfigArgs, overrides: Overrides) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        // Everything that can fail because of the configuration happens before any port is
-        // bound: validation read every file; building the server reads none.
-        let server = match Server::new(config.clone()) {
-            Ok(s) => s,
+        let handover_requests = match crate::signals::handover_requests() {
+            Ok(rx) => Some(rx),
             Err(e) => {
-                eprintln!("config error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
+                warn!(error = %e, "cannot listen for SIGUSR2; zero-downtime restarts are off");
+                None
             }
         };
-        let listeners = match Listeners::bind(&config).await {
+        // Started by a handover: build what this process can while the old one serves,
+        // then wait until it has let go (of the disk history, which only one process may
+        // hold, and of the listening sockets).
+        let predecessor = match Predecessor::from_env() {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error = %e, "handover: cannot reach the old process");
+                return ExitCode::FAILURE;
+            }
+        };
+        let holds_disk_history = config.history.store == HistoryStoreKind::Disk;
+        let mut server = None;
+        if predecessor.is_none() || !holds_disk_history {
+            server = match build(&config) {
+                Ok(s) => Some(s),
+                Err(code) => return code,
+            };
+        }
+        let predecessor = match predecessor {
+            Some(p) => match take_over(p, &config, server.as_ref()).await {
+                Ok(p) => Some(p),
+                Err(code) => return code,
+            },
+            None => None,
+        };
+        let server = match server {
+            Some(s) => s,
+            None => match build(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            },
+        };
+        let listeners = match Listeners::bind_or_inherit(&config, &mut inherited).await {
             Ok(l) => l,
             Err(e) => {
                 error!("{e}");
@@ -47,17 +88,78 @@ pub fn run(args: &ConfigArgs, overrides: Overrides) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        for addr in inherited.unused() {
+            warn!(%addr, "an inherited socket matches no configured listener; closing it");
+        }
+        drop(inherited);
         announce(&config, &listeners, started);
         tokio::spawn(crate::signals::reload_on_hangup(server.tls_reloader()));
-        crate::systemd::ready();
+        let server = match handover_requests {
+            Some(rx) => server.with_handover(rx),
+            None => server,
+        };
+        match predecessor {
+            Some(predecessor) => {
+                if let Err(e) = predecessor.serving().await {
+                    warn!(error = %e, "handover: could not tell the old process");
+                }
+                crate::systemd::took_over();
+                info!("handover: took over; serving");
+            }
+            None => crate::systemd::ready(),
+        }
         let shutdown = async {
             crate::signals::shutdown().await;
             crate::systemd::stopping();
         };
-        server.run(listeners, shutdown).await;
-        info!("stopped");
-        ExitCode::SUCCESS
+        match server.run(listeners, shutdown).await {
+            Ok(()) => {
+                info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(_) => ExitCode::FAILURE,
+        }
     })
+}
+
+/// Build the server. Everything that can fail because of the configuration happens before
+/// any port is bound: validation read every file; building the server reads none (but the
+/// disk history).
+fn build(config: &Validated) -> Result<Server, ExitCode> {
+    Server::new(config.clone()).map_err(|e| {
+        eprintln!("config error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// This process was started by a handover: once `server` (when already built) can take
+/// traffic (its broker connected), say it is ready and wait until the old process has
+/// stopped accepting and closed the history. The error is the exit code; the old process
+/// then keeps serving.
+async fn take_over(
+    mut predecessor: Predecessor,
+    config: &Validated,
+    server: Option<&Server>,
+) -> Result<Predecessor, ExitCode> {
+    let timeout = config.server.handover_timeout;
+    if let Some(server) = server {
+        let deadline = Instant::now() + timeout;
+        while let Err(why) = server.node().is_ready() {
+            if Instant::now() >= deadline {
+                error!(reason = %why, "handover: not ready within server.handover_timeout");
+                return Err(ExitCode::FAILURE);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    info!(pid = std::process::id(), "handover: ready to take over");
+    match predecessor.take_over(timeout).await {
+        Ok(()) => Ok(predecessor),
+        Err(e) => {
+            error!(error = %e, "handover: the old process did not let go");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Raise the open-file soft limit to the hard limit (each connection is a descriptor), and

@@ -9,7 +9,8 @@
 //! `HERALD_APPS__0__SECRET=…` sets `apps[0].secret`. Values are read as TOML values when
 //! they parse as one (`5000`, `true`, `["a","b"]`) and as strings otherwise; a value read as a
 //! number or boolean where the key wants a string is retried as a string.
-//! `HERALD_CONFIG` names the config file when `--config` is not given.
+//! `HERALD_CONFIG` names the config file when `--config` is not given. `HERALD_HANDOVER` is
+//! reserved (it marks a process started by a zero-downtime restart).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -125,7 +126,9 @@ pub fn load(
     let mut layered = Vec::new();
     let mut problems = Vec::new();
     for (name, raw) in &env {
-        if name == "HERALD_CONFIG" {
+        // Not configuration: the file's name, and the mark of a process started by a
+        // handover (`crate::handover::ENV`).
+        if name == "HERALD_CONFIG" || name == crate::handover::ENV {
             continue;
         }
         let path: Vec<String> = name["HERALD_".len()..]
@@ -352,6 +355,43 @@ mod tests {
         flags.set("server.listen", "127.0.0.1:7002");
         let c = load(Some(&f.0), e, &flags).unwrap();
         assert_eq!(c.server.listen.port(), 7002);
+    }
+
+    #[test]
+    fn an_acme_section_is_checked_before_anything_binds() {
+        let f = write(
+            "[server.tls]\ncert_file = \"/x.pem\"\n[server.tls.acme]\n\
+             domains = [\"*.example.com\", \"ok.example.com\"]\ncontact = [\"nobody\"]\n\
+             directory = \"http://ca.example/dir\"\n",
+        );
+        let err = load(Some(&f.0), env(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "server.tls.acme.domains: \"*.example.com\" is not a DNS name",
+            "server.tls.acme.contact: \"nobody\" is not an e-mail address",
+            "server.tls.acme.directory",
+            "server.tls.cert_file: leave cert_file and key_file out",
+        ] {
+            assert!(err.contains(expected), "{expected} in {err}");
+        }
+        assert!(!err.contains("ok.example.com"), "{err}");
+
+        // A valid section needs no certificate yet: the cache fills at the first order.
+        let dir = std::env::temp_dir().join(format!("herald-acme-test-{}", std::process::id()));
+        let f = write(&format!(
+            "[server.tls]\n[server.tls.acme]\ndomains = [\"realtime.example.com\"]\n\
+             cache_dir = \"{}\"\ndirectory = \"letsencrypt-staging\"\n",
+            dir.display()
+        ));
+        let c = load(Some(&f.0), env(&[]), &Overrides::default()).unwrap();
+        let tls = c.server.tls.as_ref().unwrap();
+        assert_eq!(tls.cert_file, dir.join("cert.pem"));
+        assert_eq!(
+            tls.acme.as_ref().unwrap().directory_url(),
+            "https://acme-staging-v02.api.letsencrypt.org/directory"
+        );
+        assert!(c.tls_key.is_none());
     }
 
     #[test]

@@ -94,17 +94,8 @@ pattern = "feed"
 }
 
 async fn publish(node: &HeraldProcess, n: u64) -> Value {
-    let body = json!({"channel": "feed", "event": "tick", "data": { "n": n }});
-    let (status, reply, _) = http(
-        node.addr.parse().unwrap(),
-        "POST",
-        &format!("/api/{APP_ID}/publish"),
-        Some(body.to_string()),
-        Some(SECRET),
-    )
-    .await;
+    let (status, reply) = node.publish("feed", "tick", json!({ "n": n })).await;
     assert_eq!(status, 200, "{reply}");
-    let reply: Value = serde_json::from_str(&reply).expect("JSON");
     reply["positions"]["feed"].clone()
 }
 

@@ -65,6 +65,8 @@ impl TestServer {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.server.shutdown_grace_period = Duration::from_secs(3);
+        // Tests that shut down with connections open ask them all at once.
+        config.server.drain_window = Duration::ZERO;
         config.apps = vec![test_app()];
         tweak(&mut config);
         let config = config.validate().expect("test config is valid");
@@ -74,9 +76,15 @@ impl TestServer {
         let node = server.node().clone();
         let tls_state = server.tls_reloader();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(listeners, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            server
+                .run(listeners, stopped)
+                .await
+                .expect("no handover in process");
+        });
         Self {
             addr,
             admin: admin.expect("admin enabled"),
@@ -395,33 +403,57 @@ pub struct HeraldProcess {
     pub addr: String,
     /// Its admin listener.
     pub admin: String,
+    /// Where its log (at `info`) and its banner go, when asked for.
+    pub log: Option<std::path::PathBuf>,
 }
 
 impl HeraldProcess {
     /// Start `herald serve --config config` (with no `HERALD_*` or `RUST_LOG` from the test's
     /// environment) and wait until `/ready` answers 200.
     pub async fn spawn(config: &std::path::Path) -> Self {
+        Self::spawn_with(config, None).await
+    }
+
+    /// As [`HeraldProcess::spawn`], with the log at `info` written to `log`.
+    pub async fn spawn_logged(config: &std::path::Path, log: &std::path::Path) -> Self {
+        Self::spawn_with(config, Some(log)).await
+    }
+
+    async fn spawn_with(config: &std::path::Path, log: Option<&std::path::Path>) -> Self {
         let (port, admin) = (free_port(), free_port());
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
         for (k, _) in std::env::vars() {
-            if k.starts_with("HERALD_") || k == "RUST_LOG" {
+            if k.starts_with("HERALD_") || k == "RUST_LOG" || k.starts_with("LISTEN_") {
                 cmd.env_remove(k);
             }
         }
+        // The log goes to stdout (tracing's default), beside the startup banner.
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("log file");
+                let copy = file.try_clone().expect("log file");
+                (
+                    std::process::Stdio::from(file),
+                    std::process::Stdio::from(copy),
+                )
+            }
+            None => (std::process::Stdio::null(), std::process::Stdio::null()),
+        };
         let child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--log-level", "warn"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .args(["--log-level", if log.is_some() { "info" } else { "warn" }])
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("spawn herald");
         let node = Self {
             child,
             addr: format!("127.0.0.1:{port}"),
             admin: format!("127.0.0.1:{admin}"),
+            log: log.map(ToOwned::to_owned),
         };
         let admin: SocketAddr = node.admin.parse().unwrap();
         let deadline = tokio::time::Instant::now() + WAIT * 2;
@@ -437,6 +469,34 @@ impl HeraldProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// What it has logged so far (with [`HeraldProcess::spawn_logged`]).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// `GET` on its admin listener: `(status, JSON body)`.
+    pub async fn admin_json(&self, path: &str) -> (u16, Value) {
+        let (status, body, _) = http(self.admin.parse().unwrap(), "GET", path, None, None).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// Publish `data` as `event` on `channel` through the HTTP API: `(status, reply)`.
+    pub async fn publish(&self, channel: &str, event: &str, data: Value) -> (u16, Value) {
+        let body = serde_json::json!({"channel": channel, "event": event, "data": data});
+        let (status, reply, _) = http(
+            self.addr.parse().unwrap(),
+            "POST",
+            &format!("/api/{APP_ID}/publish"),
+            Some(body.to_string()),
+            Some(SECRET),
+        )
+        .await;
+        (status, serde_json::from_str(&reply).unwrap_or(Value::Null))
     }
 }
 

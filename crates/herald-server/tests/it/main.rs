@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod acme;
 mod admin;
 mod api;
 mod auth;
@@ -11,6 +12,7 @@ mod cluster;
 mod cluster_faults;
 mod compression;
 mod disk_history;
+mod handover;
 mod hardening;
 mod http_transports;
 mod limits;

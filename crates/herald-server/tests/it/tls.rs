@@ -104,6 +104,7 @@ async fn wss_session_and_certificate_reload() {
             cert_file: cert_file.clone(),
             key_file: key_file.clone(),
             reload_interval: Duration::from_millis(100),
+            acme: None,
         });
     })
     .await;
@@ -210,6 +211,7 @@ async fn pusher_http_fallback_over_tls() {
             cert_file: dir.join("cert.pem"),
             key_file: dir.join("key.pem"),
             reload_interval: Duration::from_secs(60),
+            acme: None,
         });
     })
     .await;
