@@ -84,6 +84,15 @@ SERVERS = {
         "port": 6001,
         "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
     },
+    # One node on Redis with history on every channel (the restart scenario's cluster case).
+    "herald-redis-history": {
+        "cmd": [HERALD, "serve", "--config", "bench/herald-redis-history.toml", "--listen", "127.0.0.1:6001",
+                "--admin-listen", "127.0.0.1:9601", "--log-level", "warn"],
+        "env": {"HERALD_LIMITS__MAX_CONNECTIONS_PER_IP": "0", "HERALD_LIMITS__MAX_CONNECTIONS": "200000"},
+        "cwd": ROOT,
+        "port": 6001,
+        "args": ["--addr", "127.0.0.1:6001", "--protocol", "native"],
+    },
     # Cluster nodes: subscribers on the first node (6001), publishes through the second
     # (6002), so every delivery crosses the broker between two processes.
     "herald-redis-2nodes": {
@@ -161,6 +170,8 @@ SERVERS = {
 for _name, _base in [("herald-deflate", "herald"), ("soketi-deflate", "soketi")]:
     SERVERS[_name] = dict(SERVERS[_base], args=SERVERS[_base]["args"] + ["--deflate"])
 # Herald's Pusher protocol, to compare with Soketi on the same protocol.
+# The disk store with a 1 s drain window instead of 5 s (the restart scenario's trade-off).
+SERVERS["herald-disk-window1s"] = dict(SERVERS["herald-disk"], env=dict(SERVERS["herald-disk"]["env"], HERALD_SERVER__DRAIN_WINDOW="1s"))
 SERVERS["herald-pusher"] = dict(SERVERS["herald"], args=["--addr", "127.0.0.1:6001", "--protocol", "pusher"])
 SERVERS["herald-pusher-deflate"] = dict(SERVERS["herald-pusher"], args=SERVERS["herald-pusher"]["args"] + ["--deflate"])
 
@@ -240,6 +251,26 @@ SCENARIOS = {
         "metrics": [
             ("publishes_per_sec", True, "pub/s"),
             ("publish_reply.p99_ms", False, "ms"),
+        ],
+    },
+    # A zero-downtime restart (SIGUSR2) under load: 10,000 subscribers on 100 history
+    # channels, 200 publishes a second (each on a new connection), 100 new connections a
+    # second. The baseline is the same run's steady state before the restart; the disk
+    # history and the Redis node are reported side by side.
+    "restart": {
+        "args": ["restart", "--subscribers", "10000", "--channels", "100", "--rate", "200",
+                 "--connect-rate", "100", "--status-url", "http://127.0.0.1:9601/status"],
+        "servers": ["herald-disk", "herald-disk-window1s", "herald-redis-history"],
+        "baseline": "herald-disk",
+        "metrics": [
+            ("refused_attempts", False, "attempts"),
+            ("lost", False, "publications"),
+            ("duplicated", False, "publications"),
+            ("handover_ms", False, "ms"),
+            ("delivery_latency_before.p99_ms", False, "ms"),
+            ("delivery_latency_during.p50_ms", False, "ms"),
+            ("delivery_latency_during.p99_ms", False, "ms"),
+            ("during_p99_over_before_p99", False, "x"),
         ],
     },
     # Fan-out across nodes: subscribers on one node, publishes through another, each broker,

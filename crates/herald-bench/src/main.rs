@@ -78,6 +78,15 @@ enum Cmd {
         #[command(flatten)]
         args: scenario::soak::SoakArgs,
     },
+    /// A zero-downtime restart under load: subscribers on history channels, steady
+    /// publishes and new connections, the restart command halfway: refused attempts, loss,
+    /// duplicates, and delivery latency during the handover against before it.
+    Restart {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        args: scenario::restart::RestartArgs,
+    },
     /// Run the floor broadcaster (a bare WebSocket fan-out server) on ADDR.
     Floor {
         /// Address to listen on.
@@ -207,6 +216,11 @@ fn main() -> ExitCode {
         ),
         Cmd::Soak { common, args } => run(
             Box::pin(scenario::soak::run(common.clone(), args)),
+            common.json,
+            &common.label,
+        ),
+        Cmd::Restart { common, args } => run(
+            Box::pin(scenario::restart::run(common.clone(), args)),
             common.json,
             &common.label,
         ),

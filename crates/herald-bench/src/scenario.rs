@@ -5,5 +5,6 @@ pub mod churn;
 pub mod fanout;
 pub mod idle;
 pub mod publish_api;
+pub mod restart;
 pub mod soak;
 pub mod throughput;
