@@ -122,6 +122,10 @@ impl Keys {
     pub(crate) fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
+    /// A node's latest report for the admin views (expires with the node).
+    pub(crate) fn node_report(&self, node: &str) -> String {
+        format!("{}:nr:{node}", self.prefix)
+    }
     pub(crate) fn reap_lock(&self, node: &str) -> String {
         format!("{}:reap:{node}", self.prefix)
     }

@@ -14,6 +14,7 @@ use crate::hub::Hub;
 use crate::ratelimit::{Rate, TokenBucket};
 use crate::refusal::Refusal;
 use crate::settings::AppSettings;
+use crate::wire::{Protocol, Transport};
 
 /// One app, running.
 #[derive(Debug)]
@@ -28,6 +29,9 @@ pub struct App {
     pub hub: Hub,
     /// Connections the app holds on this node now.
     connections: AtomicU32,
+    /// The same, by protocol and transport (indexed as [`Transport::COMBINATIONS`]), for
+    /// `/metrics` and the admin views.
+    by_transport: [AtomicU32; Transport::COMBINATIONS.len()],
     /// Publish-API rate limiter (absent when unlimited).
     publish_limiter: Option<Mutex<TokenBucket>>,
     /// The history rules, in order, as policies.
@@ -64,6 +68,7 @@ impl App {
             verifier,
             hub: Hub::new(),
             connections: AtomicU32::new(0),
+            by_transport: Default::default(),
             publish_limiter,
         })
     }
@@ -107,6 +112,25 @@ impl App {
     /// Connections the app holds on this node.
     pub fn connections(&self) -> u32 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections the app holds on this node, by protocol and transport (every combination
+    /// that exists, zeros included).
+    pub fn connections_by_transport(&self) -> [(Protocol, Transport, u32); 5] {
+        Transport::COMBINATIONS.map(|(protocol, transport)| {
+            let n = self.by_transport[Transport::slot(protocol, transport)].load(Ordering::Relaxed);
+            (protocol, transport, n)
+        })
+    }
+
+    /// Count a connection admitted (`+1`) or gone (`-1`) on `protocol` and `transport`.
+    pub(crate) fn count_transport(&self, protocol: Protocol, transport: Transport, admitted: bool) {
+        let slot = &self.by_transport[Transport::slot(protocol, transport)];
+        if admitted {
+            slot.fetch_add(1, Ordering::Relaxed);
+        } else {
+            slot.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Count one more connection if under the app's limit.

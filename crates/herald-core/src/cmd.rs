@@ -10,6 +10,7 @@
 //! | [`signin`] | Pusher user authentication | Pusher clients |
 //! | [`publish`] | publish an event to channels, through the broker | the HTTP APIs, Laravel ingest |
 //! | [`direct`] | send to a user or a socket, disconnect a user, on every node | the HTTP APIs |
+//! | [`tap`] | watch a channel's publications without subscribing | the admin views |
 //!
 //! The protocol adapters (`session/native.rs`, `session/pusher.rs`) parse requests and
 //! encode replies; these modules never see bytes.
@@ -20,6 +21,7 @@ pub mod direct;
 pub mod publish;
 pub mod signin;
 pub mod subscribe;
+pub mod tap;
 pub mod unsubscribe;
 
 use herald_protocol::{ChannelName, ErrorCode};

@@ -74,4 +74,4 @@ pub use refusal::Refusal;
 pub use secret::Secret;
 pub use session::Session;
 pub use settings::{AppSettings, NodeLimits, WebhookSettings};
-pub use wire::Protocol;
+pub use wire::{Protocol, Transport};

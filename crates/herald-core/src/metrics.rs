@@ -55,6 +55,21 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// The cumulative count at each bucket's upper bound (`None`: +Inf), the sum in
+    /// seconds and the count: the histogram as Prometheus exposes it.
+    pub fn snapshot(&self) -> (Vec<(Option<f64>, u64)>, f64, u64) {
+        let mut cumulative = 0u64;
+        let mut out = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            out.push((Some(*le), cumulative));
+        }
+        cumulative += self.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        out.push((None, cumulative));
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (out, sum, self.count.load(Ordering::Relaxed))
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -128,6 +143,9 @@ pub struct Metrics {
     pub messages_dropped: AtomicU64,
     /// Connections closed because they could not keep up.
     pub slow_consumer_disconnects: AtomicU64,
+    /// Webhook events waiting to be sent: in the core's queue, being batched, or in an
+    /// endpoint's queue (an event for two endpoints counts twice there).
+    pub webhooks_queued: AtomicI64,
     /// Connections closed because they stayed silent past the activity timeout.
     pub activity_timeouts: AtomicU64,
     /// Client requests refused with an error message.
@@ -313,6 +331,12 @@ impl Metrics {
             "herald_webhooks_dropped_total",
             "Webhook events dropped because the sender's queue was full.",
             &self.webhooks_dropped,
+        );
+        gauge(
+            out,
+            "herald_webhook_queue_depth",
+            "Webhook events waiting to be sent.",
+            load(&self.webhooks_queued).max(0),
         );
         self.publish_to_write.render(
             out,

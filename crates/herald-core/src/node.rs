@@ -9,6 +9,7 @@
 //! Publishing always goes through the broker, even on one node; the node's
 //! [`delivery::Delivery`] is the broker's handler, which delivers to local connections.
 
+mod admin;
 mod delivery;
 pub mod queries;
 
@@ -133,6 +134,8 @@ pub struct Node {
     pub(crate) connections: AtomicU32,
     /// Connections held now per client IP, against `limits.max_connections_per_ip`.
     pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Channels watched by the admin views' live tail.
+    pub(crate) taps: crate::cmd::tap::Taps,
     /// Set when shutdown starts: no new connections are admitted.
     pub(crate) draining: AtomicBool,
     /// Background tasks (heartbeat, history sweep, webhook release), aborted on drop.
@@ -182,6 +185,7 @@ impl Node {
             connections: AtomicU32::new(0),
             per_ip: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            taps: crate::cmd::tap::Taps::default(),
             tasks: Mutex::new(Vec::new()),
         });
         node.broker

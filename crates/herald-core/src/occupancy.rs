@@ -19,6 +19,8 @@
 //!   reports what that changed through the [`OccupancyHandler`] of exactly one live node.
 //! - **Outage:** operations fail fast with [`OccupancyError`]; when the backend is back, the
 //!   node's own state is written again (no webhooks fire for that rewrite).
+//! - **Reports:** a node's latest [`Occupancy::report`] is readable by every node through
+//!   [`Occupancy::reports`] within one heartbeat, and disappears with the node.
 
 pub mod memory;
 
@@ -105,5 +107,17 @@ pub trait Occupancy: Send + Sync + 'static {
     /// The health of the shared state (shown on `/ready` with the broker's).
     fn health(&self) -> BrokerHealth {
         BrokerHealth::Healthy
+    }
+
+    /// Keep `report` (a JSON object: what the admin views show of this node) where every
+    /// node can read it, replacing the previous one, until this node stops heartbeating.
+    /// Called every few seconds; must not block. A single-node backend keeps nothing.
+    fn report(&self, _report: Arc<str>) {}
+
+    /// The latest report of every live node, this one's included (once it has been written:
+    /// it may lag by the backend's heartbeat), in no particular order. `None`: a single
+    /// node, which has only its own.
+    async fn reports(&self) -> Result<Option<Vec<Arc<str>>>, OccupancyError> {
+        Ok(None)
     }
 }

@@ -18,6 +18,7 @@
 //! - An idle connection's queue holds no allocation.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::wire::Protocol;
+use crate::wire::Transport;
 
 /// One item for the writer.
 #[derive(Debug)]
@@ -119,6 +121,10 @@ pub struct SessionHandle {
     /// Publications of at least this many encoded bytes reach this connection compressed
     /// (it negotiated permessage-deflate); `u32::MAX`: never.
     compress_from: u32,
+    /// How the connection reaches the node, for the admin views.
+    pub transport: Transport,
+    /// The client's address (after trusted-proxy resolution), for the admin views.
+    pub ip: IpAddr,
 }
 
 impl SessionHandle {
@@ -144,7 +150,16 @@ impl SessionHandle {
             limits,
             aborted: AtomicBool::new(false),
             compress_from: u32::MAX,
+            transport: Transport::WebSocket,
+            ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
+    }
+
+    /// Say how the connection reaches the node, and from where (the admin views show it).
+    pub fn reached_by(mut self, transport: Transport, ip: IpAddr) -> Self {
+        self.transport = transport;
+        self.ip = ip;
+        self
     }
 
     /// This handle, for a connection that negotiated permessage-deflate: publications of at

@@ -221,6 +221,10 @@ impl WebhookEmitter {
     fn send(&self, item: AppWebhookEvent, metrics: &Metrics) {
         if self.tx.try_send(item).is_err() {
             Metrics::inc(&metrics.webhooks_dropped);
+        } else {
+            metrics
+                .webhooks_queued
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

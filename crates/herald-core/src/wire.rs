@@ -39,6 +39,53 @@ impl Protocol {
     }
 }
 
+/// How a connection reaches the node, for metrics and the admin views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// A WebSocket (`/ws/{key}` or `/app/{key}`).
+    WebSocket,
+    /// Server-Sent Events (native protocol).
+    Sse,
+    /// HTTP long-polling (native protocol).
+    LongPoll,
+    /// pusher-js's HTTP fallback (`xhr_streaming`, `xhr_polling`).
+    Http,
+}
+
+impl Transport {
+    /// A short name for metrics labels and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Sse => "sse",
+            Self::LongPoll => "long_poll",
+            Self::Http => "http",
+        }
+    }
+
+    /// The combinations of protocol and transport that exist: what a per-transport count
+    /// reports, one entry each.
+    pub const COMBINATIONS: [(Protocol, Transport); 5] = [
+        (Protocol::Native, Transport::WebSocket),
+        (Protocol::Native, Transport::Sse),
+        (Protocol::Native, Transport::LongPoll),
+        (Protocol::Pusher, Transport::WebSocket),
+        (Protocol::Pusher, Transport::Http),
+    ];
+
+    /// The index of `(protocol, transport)` in [`Transport::COMBINATIONS`] (a native
+    /// connection over `Http`, which does not exist, counts as long-polling).
+    pub const fn slot(protocol: Protocol, transport: Transport) -> usize {
+        match (protocol, transport) {
+            (Protocol::Native, Transport::WebSocket) => 0,
+            (Protocol::Native, Transport::Sse) => 1,
+            (Protocol::Native, Transport::LongPoll | Transport::Http) => 2,
+            (Protocol::Pusher, Transport::WebSocket) => 3,
+            (Protocol::Pusher, _) => 4,
+        }
+    }
+}
+
 /// The protocol-level heartbeat (`ping`) for a connection speaking `protocol`; `id` is a
 /// fresh message id (the native protocol gives every message one).
 pub(crate) fn ping(protocol: Protocol, id: &str) -> Bytes {

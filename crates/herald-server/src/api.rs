@@ -249,7 +249,13 @@ async fn publish(shared: &Arc<Shared>, app: &Arc<App>, req: Request<Incoming>) -
         Ok(b) => b,
         Err(r) => return r,
     };
-    let request = match parse::<PublishBody<'_>>(&body).map(PublishBody::into_request) {
+    publish_body(shared, app, &body).await
+}
+
+/// Publish what a publish request's `body` asks for (the API, and the admin UI's form):
+/// parsed, within the app's rate limit, answered with the receipt.
+pub(crate) async fn publish_body(shared: &Shared, app: &Arc<App>, body: &[u8]) -> Response<Body> {
+    let request = match parse::<PublishBody<'_>>(body).map(PublishBody::into_request) {
         Ok(Ok(r)) => r,
         Ok(Err(refusal)) => return error(&refusal),
         Err(r) => return r,

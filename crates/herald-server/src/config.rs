@@ -256,6 +256,14 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Its address. Keep it private: `/status` and `/metrics` reveal load and app ids.
     pub listen: SocketAddr,
+    /// The admin credential: it opens the web UI (`/ui`) and its API, as the password of
+    /// HTTP Basic authentication (any user name) or as a bearer token. Unset, the UI is off.
+    /// Never logged.
+    pub token: Option<herald_core::Secret>,
+    /// Whether `/metrics` also requires `token` (for a scraper that can send it).
+    pub protect_metrics: bool,
+    /// Whether `/status` also requires `token`.
+    pub protect_status: bool,
 }
 
 impl Default for AdminConfig {
@@ -263,6 +271,9 @@ impl Default for AdminConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9601)),
+            token: None,
+            protect_metrics: false,
+            protect_status: false,
         }
     }
 }
@@ -570,6 +581,20 @@ impl Config {
             problems.push((
                 "server.drain_window".into(),
                 "must be shorter than server.shutdown_grace_period".into(),
+            ));
+        }
+        if let Some(token) = &self.admin.token
+            && token.expose().len() < 16
+        {
+            problems.push((
+                "admin.token".into(),
+                "must be at least 16 characters (it opens the admin UI)".into(),
+            ));
+        }
+        if (self.admin.protect_metrics || self.admin.protect_status) && self.admin.token.is_none() {
+            problems.push((
+                "admin.token".into(),
+                "protect_metrics and protect_status need a token".into(),
             ));
         }
         if self.server.handover_timeout < Duration::from_secs(1) {

@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use herald_core::{ConnectRequest, Protocol};
+use herald_core::{ConnectRequest, Protocol, Transport};
 
 use crate::transport::Refused;
 use herald_protocol::ErrorCode;
@@ -202,6 +202,7 @@ fn websocket(
                     origin: header_str(&req, "origin"),
                     ip,
                     protocol,
+                    transport: Transport::WebSocket,
                     transport_session: None,
                     deflate,
                 })

@@ -60,6 +60,9 @@ pub struct Shared {
     /// Client requests being handled, so a handover can let them finish before the new
     /// process opens the history they write to.
     pub requests: InFlight,
+    /// This node's id in the cluster (random unless `cluster.node_id` is set), for the
+    /// admin views.
+    pub node_id: Arc<str>,
 }
 
 /// A count of requests being handled, and a way to wait until there are none.
@@ -380,6 +383,7 @@ impl Server {
                 bodies,
                 tls: tls.clone(),
                 requests: InFlight::default(),
+                node_id: node_id.clone(),
             }),
             tls,
             webhooks,
@@ -522,6 +526,10 @@ impl Server {
         let admin = listeners
             .admin
             .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone(), admin_stop.clone())));
+        tokio::spawn(crate::admin::run_reporter(
+            shared.clone(),
+            admin_stop.clone(),
+        ));
         let mut ingests = Vec::new();
         for settings in std::mem::take(&mut self.ingests) {
             let app = settings.app_id.clone();

@@ -88,6 +88,8 @@ pub async fn run(
                 _ => break,
             }
         }
+        // Out of the core's queue; counted again below per endpoint queue they enter.
+        queued(&node, -(batch.len() as i64));
         let mut by_app: HashMap<Arc<str>, Vec<AppWebhookEvent>> = HashMap::new();
         for e in batch {
             by_app.entry(e.app_id.clone()).or_default().push(e);
@@ -103,7 +105,9 @@ pub async fn run(
                     .map(|e| event_json(&e.event))
                     .collect();
                 for chunk in selected.chunks(BATCH_MAX) {
-                    if endpoint.tx.try_send(chunk.to_vec()).is_err() {
+                    if endpoint.tx.try_send(chunk.to_vec()).is_ok() {
+                        queued(&node, chunk.len() as i64);
+                    } else {
                         node.metrics()
                             .webhooks_dropped
                             .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -113,6 +117,13 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Move the count of webhook events waiting by `delta`.
+fn queued(node: &Node, delta: i64) {
+    node.metrics()
+        .webhooks_queued
+        .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether `endpoint` wants `event`.
@@ -174,6 +185,7 @@ async fn sender(
             b = rx.recv() => match b { Some(b) => b, None => return },
             () = stop.cancelled() => return,
         };
+        let count = events.len() as i64;
         let body = serde_json::to_vec(&json!({
             "time_ms": herald_core::clock::unix_ms(),
             "events": events,
@@ -211,6 +223,7 @@ async fn sender(
                 }
             }
         }
+        queued(&node, -count);
     }
 }
 

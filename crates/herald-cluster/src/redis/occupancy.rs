@@ -18,6 +18,9 @@
 //! - **Outage:** a heartbeat that fails marks the state degraded; when a heartbeat finds
 //!   this node missing (Redis restarted empty, or this node was presumed dead), the node
 //!   writes its channels and presence members again, without webhooks.
+//! - **Reports:** every heartbeat writes this node's latest report to a key that expires
+//!   after `node_ttl` (so it disappears with the node); `reports` reads the report of every
+//!   node in the heartbeat set that has one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
@@ -60,6 +63,8 @@ struct Inner {
     dirty: Mutex<HashMap<ChannelKey, usize>>,
     /// Serialises reconciles of one channel (sharded by name).
     locks: Shards,
+    /// This node's latest report, written with every heartbeat.
+    report: Mutex<Option<Arc<str>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -101,6 +106,7 @@ impl RedisOccupancy {
                 registered: Mutex::new(HashMap::new()),
                 dirty: Mutex::new(HashMap::new()),
                 locks: Shards::new(LOCK_SHARDS),
+                report: Mutex::new(None),
             }),
         }
     }
@@ -312,6 +318,18 @@ impl Inner {
             self.rewrite().await;
         }
         self.flush_counts().await?;
+        let report = self.report.lock().clone();
+        if let Some(report) = report {
+            self.link
+                .query::<()>(
+                    redis::cmd("SET")
+                        .arg(self.link.keys.node_report(&self.link.node_id))
+                        .arg(&*report)
+                        .arg("PX")
+                        .arg(self.node_ttl.as_millis() as u64),
+                )
+                .await?;
+        }
         for node in dead {
             if *node == *self.link.node_id {
                 continue;
@@ -445,6 +463,27 @@ impl Occupancy for RedisOccupancy {
         }
         out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         Ok(Some(out))
+    }
+
+    fn report(&self, report: Arc<str>) {
+        *self.inner.report.lock() = Some(report);
+    }
+
+    async fn reports(&self) -> Result<Option<Vec<Arc<str>>>, OccupancyError> {
+        let link = &self.inner.link;
+        let nodes: Vec<String> = link
+            .query(redis::cmd("ZRANGE").arg(link.keys.nodes()).arg(0).arg(-1))
+            .await
+            .map_err(unavailable)?;
+        if nodes.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut get = redis::cmd("MGET");
+        for node in &nodes {
+            get.arg(link.keys.node_report(node));
+        }
+        let reports: Vec<Option<String>> = link.query(&get).await.map_err(unavailable)?;
+        Ok(Some(reports.into_iter().flatten().map(Arc::from).collect()))
     }
 
     fn health(&self) -> BrokerHealth {

@@ -17,7 +17,7 @@ use crate::node::Node;
 use crate::outbound::{QueueLimits, SessionHandle};
 use crate::refusal::Refusal;
 use crate::session::Session;
-use crate::wire::Protocol;
+use crate::wire::{Protocol, Transport};
 
 /// What a transport knows about a connection attempt.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub struct ConnectRequest<'a> {
     pub ip: IpAddr,
     /// The protocol the client speaks.
     pub protocol: Protocol,
+    /// How it reaches the node.
+    pub transport: Transport,
     /// On HTTP transports (SSE, long-polling): the id the client sends commands with,
     /// announced in the `connected` message.
     pub transport_session: Option<&'a str>,
@@ -76,7 +78,7 @@ impl Node {
                 return Err(refusal);
             }
         };
-        let handle = self.register(&app, identity.as_deref(), req.protocol, req.deflate);
+        let handle = self.register(&app, identity.as_deref(), &req);
         Metrics::inc(&self.metrics.connections_accepted);
         Ok(Session::new(
             self.clone(),
@@ -95,7 +97,7 @@ impl Node {
     fn admit(self: &Arc<Self>, req: &ConnectRequest<'_>) -> Result<Admitted, ConnectRefusal> {
         let app = self.app_for(req)?;
         let identity = authenticate(&app, req.token)?;
-        let admission = Admission::acquire(self, &app, req.ip).map_err(|what| {
+        let admission = Admission::acquire(self, &app, req).map_err(|what| {
             let close = if what == "app" {
                 CloseCode::AppOverQuota
             } else {
@@ -143,8 +145,7 @@ impl Node {
         &self,
         app: &App,
         identity: Option<&Identity>,
-        protocol: Protocol,
-        deflate: bool,
+        req: &ConnectRequest<'_>,
     ) -> Arc<SessionHandle> {
         let limits = QueueLimits {
             max_bytes: self.limits.max_queue_bytes,
@@ -154,12 +155,13 @@ impl Node {
             let mut handle = SessionHandle::new(
                 self.ids.socket_id(),
                 app.id.clone(),
-                protocol,
+                req.protocol,
                 limits,
                 self.clock.now_ms(),
-            );
+            )
+            .reached_by(req.transport, req.ip);
             let compression = app.settings.compression;
-            if deflate && compression.enabled {
+            if req.deflate && compression.enabled {
                 handle = handle.with_compression(compression.threshold);
             }
             let handle = Arc::new(handle);
@@ -205,11 +207,19 @@ pub(crate) struct Admission {
     node: Weak<Node>,
     app: Arc<App>,
     ip: IpAddr,
+    /// What the connection is counted under in the app's per-transport counts.
+    protocol: Protocol,
+    transport: Transport,
 }
 
 impl Admission {
     /// Count a connection against every limit, or say which limit it hit.
-    fn acquire(node: &Arc<Node>, app: &Arc<App>, ip: IpAddr) -> Result<Self, &'static str> {
+    fn acquire(
+        node: &Arc<Node>,
+        app: &Arc<App>,
+        req: &ConnectRequest<'_>,
+    ) -> Result<Self, &'static str> {
+        let ip = req.ip;
         let prev = node.connections.fetch_add(1, Ordering::AcqRel);
         if prev >= node.limits.max_connections {
             node.connections.fetch_sub(1, Ordering::AcqRel);
@@ -234,10 +244,13 @@ impl Admission {
             }
             *count += 1;
         }
+        app.count_transport(req.protocol, req.transport, true);
         Ok(Self {
             node: Arc::downgrade(node),
             app: app.clone(),
             ip,
+            protocol: req.protocol,
+            transport: req.transport,
         })
     }
 }
@@ -245,6 +258,8 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.app.remove_connection();
+        self.app
+            .count_transport(self.protocol, self.transport, false);
         if let Some(node) = self.node.upgrade() {
             node.connections.fetch_sub(1, Ordering::AcqRel);
             let mut ips = node.per_ip.lock();

@@ -175,7 +175,10 @@ async fn undo_hub(
         }
         return;
     }
-    if let Err(e) = node.broker.unsubscribe(&app.id, channel).await {
+    // A tapped channel stays subscribed at the broker (cmd/tap.rs).
+    if node.taps.count(&app.id, channel) == 0
+        && let Err(e) = node.broker.unsubscribe(&app.id, channel).await
+    {
         warn!(error = %e, channel = %channel, "broker unsubscribe failed");
     }
     match node.occupancy.vacate(&app.id, channel).await {

@@ -46,7 +46,10 @@ pub(crate) async fn leave(node: &Node, app: &App, socket: SocketId, sub: Subscri
     }
     let removed = app.hub.unsubscribe(&sub.channel, socket, &node.metrics);
     if removed.last_on_node {
-        if let Err(e) = node.broker.unsubscribe(&app.id, &sub.channel).await {
+        // A tapped channel stays subscribed at the broker (cmd/tap.rs).
+        if node.taps.count(&app.id, &sub.channel) == 0
+            && let Err(e) = node.broker.unsubscribe(&app.id, &sub.channel).await
+        {
             warn!(error = %e, channel = %sub.channel, "broker unsubscribe failed");
         }
         match node.occupancy.vacate(&app.id, &sub.channel).await {

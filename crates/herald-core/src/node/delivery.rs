@@ -24,6 +24,7 @@ impl BrokerHandler for Delivery {
         if let Some(app) = node.apps.by_id(&publication.app_id) {
             app.hub.broadcast(&publication, &node.metrics);
         }
+        node.taps.deliver(&publication);
     }
 
     fn local_subscribers(&self, app_id: &str, channel: &ChannelName) -> usize {
@@ -71,7 +72,7 @@ fn local_subscribers(node: &Weak<Node>, app_id: &str, channel: &ChannelName) -> 
         .and_then(|n| {
             n.apps
                 .by_id(app_id)
-                .map(|a| a.hub.subscriber_count(channel.as_str()))
+                .map(|a| a.hub.subscriber_count(channel.as_str()) + n.taps.count(app_id, channel))
         })
         .unwrap_or(0)
 }

@@ -106,6 +106,7 @@ pub fn connect(
     ip: IpAddr,
     app_key: &str,
     session_id: &str,
+    transport: herald_core::Transport,
 ) -> Result<Session, Response<Body>> {
     let token = crate::http::query_param(req, "token").or_else(|| bearer(req).map(str::to_owned));
     shared
@@ -116,6 +117,7 @@ pub fn connect(
             origin: header_str(req, "origin"),
             ip,
             protocol: Protocol::Native,
+            transport,
             transport_session: Some(session_id),
             deflate: false,
         })

@@ -92,7 +92,14 @@ pub async fn open(
     app_key: &str,
 ) -> Response<Body> {
     let id = http_session::HttpSessions::new_id();
-    let session = match http_session::connect(shared, &req, ip, app_key, &id) {
+    let session = match http_session::connect(
+        shared,
+        &req,
+        ip,
+        app_key,
+        &id,
+        herald_core::Transport::LongPoll,
+    ) {
         Ok(s) => s,
         Err(r) => return r,
     };

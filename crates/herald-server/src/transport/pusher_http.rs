@@ -266,6 +266,7 @@ fn connect(
             origin: header_str(req, "origin"),
             ip,
             protocol: Protocol::Pusher,
+            transport: herald_core::Transport::Http,
             transport_session: Some(id),
             deflate: false,
         })

@@ -49,10 +49,11 @@ pub async fn open(
     app_key: &str,
 ) -> Response<Body> {
     let id = http_session::HttpSessions::new_id();
-    let session = match http_session::connect(shared, &req, ip, app_key, &id) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let session =
+        match http_session::connect(shared, &req, ip, app_key, &id, herald_core::Transport::Sse) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
     let channels = http_session::requested_channels(&req);
     let resume = header_str(&req, "last-event-id")
         .map(str::to_owned)

@@ -651,6 +651,7 @@ mod tests {
                 origin: None,
                 ip: "127.0.0.1".parse().unwrap(),
                 protocol: Protocol::Native,
+                transport: herald_core::Transport::WebSocket,
                 transport_session: None,
                 deflate: true,
             })

@@ -196,13 +196,13 @@ pub fn token(f: impl FnOnce(&mut TokenClaims)) -> String {
     mint_token(&test_app(), &claims, None).expect("mint")
 }
 
-/// One HTTP/1.1 request: `(status, body, headers)`.
-pub async fn http(
+/// One HTTP/1.1 request with extra `headers`: `(status, body, headers)`.
+pub async fn http_with(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<String>,
-    bearer: Option<&str>,
+    headers: &[(&str, &str)],
 ) -> (u16, String, http::HeaderMap) {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -212,10 +212,9 @@ pub async fn http(
     let mut req = http::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", addr.to_string())
-        .header("content-type", "application/json");
-    if let Some(b) = bearer {
-        req = req.header("authorization", format!("Bearer {b}"));
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -229,6 +228,22 @@ pub async fn http(
         String::from_utf8_lossy(&bytes).into_owned(),
         headers,
     )
+}
+
+/// One HTTP/1.1 request with a JSON content type: `(status, body, headers)`.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    bearer: Option<&str>,
+) -> (u16, String, http::HeaderMap) {
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth));
+    }
+    http_with(addr, method, path, body, &headers).await
 }
 
 /// A WebSocket client.

@@ -5,6 +5,7 @@ mod harness;
 
 mod acme;
 mod admin;
+mod admin_ui;
 mod api;
 mod auth;
 mod cli;
