@@ -83,6 +83,13 @@ export async function startHerald(toml = appToml()) {
         await new Promise((r) => proc.once('exit', r));
       }
     },
+    /** SIGKILL: the node dies without cleaning up, as in a crash. */
+    async kill() {
+      if (proc.exitCode === null) {
+        proc.kill('SIGKILL');
+        await new Promise((r) => proc.once('exit', r));
+      }
+    },
   };
 }
 

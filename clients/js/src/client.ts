@@ -358,6 +358,11 @@ export class Herald extends Events<ClientEvents> implements SubscriptionOwner {
         return sub?.presence(msg.event, msg.data);
       case 'error':
         return this.refused(msg, sub);
+      case 'refresh':
+        // The server enforces token expiry: fetch a fresh token and hand it over before the
+        // grace period ends (the connection stays open meanwhile).
+        if (msg.event === 'required') this.refreshToken();
+        return;
       case 'resync':
         // Long-polling dropped its buffer and these channels: join them again, recovering.
         for (const name of Array.isArray(msg.data) ? msg.data : []) {
@@ -368,6 +373,21 @@ export class Herald extends Events<ClientEvents> implements SubscriptionOwner {
           }
         }
     }
+  }
+
+  /** Answer a `refresh` hint: a fresh token from `getToken`, sent on this connection. */
+  private refreshToken(): void {
+    const get = this.o.getToken;
+    if (!get) return;
+    Promise.resolve()
+      .then(() => get())
+      .then(
+        (token) => {
+          this.token = token;
+          this.send({ type: 'refresh', token });
+        },
+        (e: unknown) => this.emit('error', new HeraldError('token', 0, 'getToken failed', undefined, undefined, e)),
+      );
   }
 
   /** The subscribe a reply's `ref` answers (if its subscription is still wanted), forgetting the ref. */

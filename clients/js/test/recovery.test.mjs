@@ -144,6 +144,30 @@ test('an expired connection token is replaced from getToken and every subscripti
   herald.disconnect();
 });
 
+test('an enforced token expiry is met by refreshing on the open connection: no reconnect', async () => {
+  const own = await startHerald(appToml({
+    extra: '[apps.jwt]\nleeway = "0s"\n[apps.token_expiry]\nenforce = true\ngrace = "3s"',
+  }));
+  let issued = 0;
+  const getToken = async () => { issued++; return jwt({ sub: 'ann', exp: Math.floor(Date.now() / 1000) + 2 }); };
+  const herald = make({ url: own.url, getToken });
+  const sessions = [];
+  herald.on('connected', (c) => sessions.push(c.socketId));
+  const sub = herald.subscribe('refreshed.1');
+  const got = [];
+  sub.bind('n', (n) => got.push(n));
+  herald.connect();
+  await next(sub, 'subscribed');
+  // Each token lasts two seconds; the server hints at expiry and the client refreshes.
+  await sleep(7000);
+  assert.ok(issued >= 3, `tokens fetched: ${issued}`);
+  assert.equal(sessions.length, 1, `one connection all along: ${sessions}`);
+  await publish(own, 'refreshed.1', 'n', 1);
+  await eventually(() => got.length === 1);
+  herald.disconnect();
+  await own.stop();
+});
+
 test('WebSocket refused: the default order falls back to SSE; later it moves back to WebSocket when it works', async () => {
   let blocked = true;
   // A WebSocket that fails like one a proxy refuses, while `blocked`.

@@ -122,6 +122,10 @@ impl Keys {
     pub(crate) fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
+    /// The connections a node holds, for the lifecycle webhooks (socket id → record).
+    pub(crate) fn node_connections(&self, node: &str) -> String {
+        format!("{}:cx:{node}", self.prefix)
+    }
     /// A node's latest report for the admin views (expires with the node).
     pub(crate) fn node_report(&self, node: &str) -> String {
         format!("{}:nr:{node}", self.prefix)

@@ -36,6 +36,9 @@ pub struct App {
     publish_limiter: Option<Mutex<TokenBucket>>,
     /// The history rules, in order, as policies.
     history: Vec<(crate::pattern::Pattern, HistoryPolicy)>,
+    /// Some webhook endpoint wants the connection lifecycle (`connection_opened`,
+    /// `connection_closed`): only then are connections recorded and reported.
+    pub lifecycle_webhooks: bool,
 }
 
 impl App {
@@ -61,7 +64,12 @@ impl App {
                 )
             })
             .collect();
+        let lifecycle_webhooks = settings
+            .webhooks
+            .iter()
+            .any(crate::settings::WebhookSettings::wants_connection_events);
         Ok(Self {
+            lifecycle_webhooks,
             history,
             id: Arc::from(settings.id.as_str()),
             settings,

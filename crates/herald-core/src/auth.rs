@@ -15,8 +15,13 @@
 //! Each failure has its own code: expired (202), bad signature (203), malformed (204), channel
 //! not allowed (205), missing role or permission (206), no credentials (200).
 
+mod keyset;
+
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+pub use keyset::{KeySet, KeySetStatus};
 
 use herald_protocol::token::MAX_USER_ID_LEN;
 use herald_protocol::token::TokenClaims;
@@ -75,7 +80,7 @@ pub struct ChannelAccess {
 /// Verifies one app's tokens.
 pub struct TokenVerifier {
     /// The key tokens must be signed with.
-    key: DecodingKey,
+    key: VerifyingKey,
     /// Algorithm, expiry, issuer and audience rules.
     validation: Validation,
     /// Clock skew tolerated when re-checking expiry at subscribe time.
@@ -88,6 +93,14 @@ impl fmt::Debug for TokenVerifier {
             .field("algorithms", &self.validation.algorithms)
             .finish_non_exhaustive()
     }
+}
+
+/// Where a verifier's key comes from.
+enum VerifyingKey {
+    /// The app secret (HS256) or a configured public key.
+    Fixed(DecodingKey),
+    /// A JSON Web Key Set, by `kid`.
+    Set(Arc<KeySet>),
 }
 
 fn algorithm(a: JwtAlgorithm) -> Algorithm {
@@ -107,11 +120,18 @@ impl TokenVerifier {
                 .ok_or_else(|| "no public key configured".to_owned())
         };
         let key = match jwt.algorithm {
-            JwtAlgorithm::Hs256 => DecodingKey::from_secret(secret.expose().as_bytes()),
-            JwtAlgorithm::Rs256 => DecodingKey::from_rsa_pem(pem()?.as_bytes())
-                .map_err(|e| format!("invalid RSA public key PEM: {e}"))?,
-            JwtAlgorithm::Es256 => DecodingKey::from_ec_pem(pem()?.as_bytes())
-                .map_err(|e| format!("invalid EC public key PEM: {e}"))?,
+            _ if jwt.jwks_url.is_some() => VerifyingKey::Set(Arc::new(KeySet::default())),
+            JwtAlgorithm::Hs256 => {
+                VerifyingKey::Fixed(DecodingKey::from_secret(secret.expose().as_bytes()))
+            }
+            JwtAlgorithm::Rs256 => VerifyingKey::Fixed(
+                DecodingKey::from_rsa_pem(pem()?.as_bytes())
+                    .map_err(|e| format!("invalid RSA public key PEM: {e}"))?,
+            ),
+            JwtAlgorithm::Es256 => VerifyingKey::Fixed(
+                DecodingKey::from_ec_pem(pem()?.as_bytes())
+                    .map_err(|e| format!("invalid EC public key PEM: {e}"))?,
+            ),
         };
         let mut validation = Validation::new(algorithm(jwt.algorithm));
         validation.leeway = jwt.leeway.as_secs();
@@ -135,8 +155,48 @@ impl TokenVerifier {
         })
     }
 
+    /// The app's key set, when its tokens are verified with one.
+    pub fn key_set(&self) -> Option<&Arc<KeySet>> {
+        match &self.key {
+            VerifyingKey::Set(set) => Some(set),
+            VerifyingKey::Fixed(_) => None,
+        }
+    }
+
+    /// Before verifying `token` with a key set: wait, at most `timeout`, until the key it
+    /// names is held (fetching the set again if need be). Nothing to wait for otherwise.
+    pub async fn ready_for(&self, token: &str, timeout: Duration) {
+        if let VerifyingKey::Set(set) = &self.key
+            && let Ok(header) = jsonwebtoken::decode_header(token.trim())
+            && let Some(kid) = header.kid
+        {
+            set.ensure(&kid, timeout).await;
+        }
+    }
+
     fn decode(&self, token: &str) -> Result<TokenClaims, Refusal> {
-        let claims = jsonwebtoken::decode::<TokenClaims>(token.trim(), &self.key, &self.validation)
+        let token = token.trim();
+        let key = match &self.key {
+            VerifyingKey::Fixed(key) => key.clone(),
+            VerifyingKey::Set(set) => {
+                let header = jsonwebtoken::decode_header(token)
+                    .map_err(|_| Refusal::new(ErrorCode::TokenInvalid, "token is malformed"))?;
+                let kid = header.kid.ok_or_else(|| {
+                    Refusal::new(ErrorCode::TokenInvalid, "token has no kid (key id)")
+                })?;
+                match set.get(&kid) {
+                    Some(key) => key,
+                    None => {
+                        set.want();
+                        return Err(Refusal::new(
+                            ErrorCode::TokenInvalid,
+                            "token is signed with a key the app's key set does not hold (yet)",
+                        ));
+                    }
+                }
+            }
+        };
+        let claims = jsonwebtoken::decode::<TokenClaims>(token, &key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => Refusal::plain(ErrorCode::TokenExpired),

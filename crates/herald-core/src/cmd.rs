@@ -10,6 +10,7 @@
 //! | [`signin`] | Pusher user authentication | Pusher clients |
 //! | [`publish`] | publish an event to channels, through the broker | the HTTP APIs, Laravel ingest |
 //! | [`direct`] | send to a user or a socket, disconnect a user, on every node | the HTTP APIs |
+//! | [`refresh`] | replace a connection's token; hold connections to their token's expiry | native clients, the heartbeat |
 //! | [`tap`] | watch a channel's publications without subscribing | the admin views |
 //!
 //! The protocol adapters (`session/native.rs`, `session/pusher.rs`) parse requests and
@@ -19,6 +20,7 @@ pub mod client_event;
 pub mod connect;
 pub mod direct;
 pub mod publish;
+pub mod refresh;
 pub mod signin;
 pub mod subscribe;
 pub mod tap;

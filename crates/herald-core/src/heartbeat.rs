@@ -50,7 +50,16 @@ pub(crate) fn sweep(node: &Node) {
                 .map(|t| (&*a.id, t.as_millis() as u64))
         })
         .collect();
+    let enforce_expiry = node
+        .apps
+        .all()
+        .iter()
+        .any(|a| a.settings.token_expiry.enforce);
+    let now_secs = crate::clock::unix_secs();
     node.sessions.for_each(|h| {
+        if enforce_expiry {
+            crate::cmd::refresh::sweep_expired(node, h, now_secs);
+        }
         if !signin_deadlines.is_empty()
             && h.protocol == Protocol::Pusher
             && !h.is_authorized()

@@ -29,6 +29,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backend;
 pub mod broker;
 pub mod cache;
 pub mod clock;

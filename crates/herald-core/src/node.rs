@@ -136,6 +136,8 @@ pub struct Node {
     pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// Channels watched by the admin views' live tail.
     pub(crate) taps: crate::cmd::tap::Taps,
+    /// Asks apps' backends about channels no token grants (set by the server).
+    pub(crate) subscribe_authority: crate::backend::Authority,
     /// Set when shutdown starts: no new connections are admitted.
     pub(crate) draining: AtomicBool,
     /// Background tasks (heartbeat, history sweep, webhook release), aborted on drop.
@@ -186,6 +188,7 @@ impl Node {
             per_ip: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             taps: crate::cmd::tap::Taps::default(),
+            subscribe_authority: crate::backend::Authority::new(),
             tasks: Mutex::new(Vec::new()),
         });
         node.broker
@@ -455,6 +458,18 @@ impl Node {
             self.drain(code);
             tokio::time::sleep(SWEEP).await;
         }
+    }
+
+    /// Ask `authority` about channels no token grants, for apps with a subscribe proxy.
+    /// Set once; later calls are ignored.
+    pub fn set_subscribe_authority(&self, authority: Arc<dyn crate::backend::SubscribeAuthority>) {
+        let _ = self.subscribe_authority.set(authority);
+    }
+
+    /// This node is stopping and its connections are gone: tell the cluster state, so that
+    /// nothing this node leaves behind is reported as lost with it.
+    pub async fn leave_cluster(&self) {
+        self.occupancy.leave().await;
     }
 
     /// End every connection still open now, mid-write or not (the shutdown grace period is

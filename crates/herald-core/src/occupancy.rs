@@ -21,6 +21,10 @@
 //!   node's own state is written again (no webhooks fire for that rewrite).
 //! - **Reports:** a node's latest [`Occupancy::report`] is readable by every node through
 //!   [`Occupancy::reports`] within one heartbeat, and disappears with the node.
+//! - **Connections:** the connections a node recorded and did not close are handed, once,
+//!   to one live node as [`Departure::ConnectionLost`] when the node dies; a node that
+//!   leaves cleanly ([`Occupancy::leave`]) leaves none behind. Records may lag by one
+//!   heartbeat: a connection opened and closed within it may never be written.
 
 pub mod memory;
 
@@ -30,6 +34,7 @@ use async_trait::async_trait;
 use herald_protocol::ChannelName;
 
 use crate::broker::BrokerHealth;
+use crate::webhook::ConnectionRecord;
 
 /// Something that changed because a node died without cleaning up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +54,11 @@ pub enum Departure {
         app_id: Arc<str>,
         /// The channel.
         channel: ChannelName,
+    },
+    /// A connection the dead node held, recorded with [`Occupancy::connection_opened`].
+    ConnectionLost {
+        /// The connection, as recorded.
+        record: Arc<ConnectionRecord>,
     },
 }
 
@@ -120,4 +130,17 @@ pub trait Occupancy: Send + Sync + 'static {
     async fn reports(&self) -> Result<Option<Vec<Arc<str>>>, OccupancyError> {
         Ok(None)
     }
+
+    /// This node admitted a connection whose app wants the connection lifecycle webhooks:
+    /// keep `record` until [`Occupancy::connection_closed`], so that if this node dies the
+    /// node that cleans up after it reports the connection closed
+    /// ([`Departure::ConnectionLost`]). Must not block. A single-node backend keeps nothing.
+    fn connection_opened(&self, _record: &Arc<ConnectionRecord>) {}
+
+    /// The connection recorded with [`Occupancy::connection_opened`] ended.
+    fn connection_closed(&self, _app_id: &str, _socket_id: &str) {}
+
+    /// This node is stopping cleanly, its connections gone: write what is pending (counts,
+    /// connection records), so that nothing it leaves behind is reported as lost.
+    async fn leave(&self) {}
 }

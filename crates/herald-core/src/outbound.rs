@@ -123,6 +123,11 @@ pub struct SessionHandle {
     compress_from: u32,
     /// How the connection reaches the node, for the admin views.
     pub transport: Transport,
+    /// When the connection's token expires (seconds since the Unix epoch; `u64::MAX`:
+    /// never), for apps that enforce expiry; a refresh moves it.
+    token_expires_at: AtomicU64,
+    /// Set once the `refresh` hint went out for the current expiry.
+    refresh_hinted: AtomicBool,
     /// The client's address (after trusted-proxy resolution), for the admin views.
     pub ip: IpAddr,
 }
@@ -152,7 +157,26 @@ impl SessionHandle {
             compress_from: u32::MAX,
             transport: Transport::WebSocket,
             ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            token_expires_at: AtomicU64::new(u64::MAX),
+            refresh_hinted: AtomicBool::new(false),
         }
+    }
+
+    /// When the connection's token expires (`u64::MAX`: never).
+    pub fn token_expires_at(&self) -> u64 {
+        self.token_expires_at.load(Ordering::Relaxed)
+    }
+
+    /// The token now expires at `at` (a refresh, or admission); a new hint will go out
+    /// when it does.
+    pub fn set_token_expiry(&self, at: u64) {
+        self.token_expires_at.store(at, Ordering::Relaxed);
+        self.refresh_hinted.store(false, Ordering::Relaxed);
+    }
+
+    /// Mark the refresh hint as sent; whether it had not been.
+    pub(crate) fn hint_refresh(&self) -> bool {
+        !self.refresh_hinted.swap(true, Ordering::Relaxed)
     }
 
     /// Say how the connection reaches the node, and from where (the admin views show it).

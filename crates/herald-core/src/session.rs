@@ -31,6 +31,7 @@ use crate::node::Node;
 use crate::outbound::SessionHandle;
 use crate::ratelimit::{Rate, TokenBucket};
 use crate::recovery::Recovery;
+use crate::webhook::{ConnectionRecord, WebhookEvent};
 use crate::wire::Protocol;
 
 pub use crate::cmd::subscribe::ChannelAuth;
@@ -45,6 +46,15 @@ pub(crate) struct Subscription {
     /// False for a Pusher `#server-to-user-<id>` subscription, which is served from the
     /// user index rather than the hub.
     pub(crate) in_hub: bool,
+}
+
+/// What only some connections carry.
+#[derive(Debug, Default)]
+pub(crate) struct SessionExtras {
+    /// What the connection brought for the app's subscribe proxy, when the app has one.
+    pub(crate) backend_context: Option<Arc<crate::backend::BackendContext>>,
+    /// The connection as the lifecycle webhooks report it, when the app wants them.
+    pub(crate) lifecycle: Option<Arc<ConnectionRecord>>,
 }
 
 /// A connection's state.
@@ -66,6 +76,9 @@ pub struct Session {
     inbound: TokenBucket,
     /// The connection's place in the connection limits, released when the session ends.
     admission: Option<Admission>,
+    /// What only some apps' connections carry (a subscribe proxy's context, a lifecycle
+    /// record), boxed so that other connections pay one pointer for it.
+    pub(crate) extras: Option<Box<SessionExtras>>,
     /// Most publications, and bytes of them, one recovery may queue: half the outbound
     /// queue by default, so a replay never overflows it by itself (a larger gap is
     /// `recovered: false`, `too_many`). Transports with a smaller buffer lower it.
@@ -111,6 +124,7 @@ impl Session {
             handle,
             identity,
             subscriptions: Vec::new(),
+            extras: None,
             admission: Some(admission),
             recovery_budget,
         };
@@ -218,6 +232,7 @@ impl Session {
             app: self.app.clone(),
             handle: self.handle.clone(),
             subscriptions: std::mem::take(&mut self.subscriptions),
+            lifecycle: self.extras.as_mut().and_then(|e| e.lifecycle.take()),
             admission,
         })
     }
@@ -239,6 +254,7 @@ struct Released {
     app: Arc<App>,
     handle: Arc<SessionHandle>,
     subscriptions: Vec<Subscription>,
+    lifecycle: Option<Arc<ConnectionRecord>>,
     admission: Admission,
 }
 
@@ -253,6 +269,27 @@ impl Released {
             .metrics
             .connections
             .fetch_sub(1, Ordering::Relaxed);
+        if let Some(connection) = self.lifecycle {
+            // 1000 is only ever the server answering the client's own close.
+            let (code, reason) = match self.handle.closing() {
+                Some(CloseCode::Normal) => (Some(1000), "client"),
+                Some(code) => (Some(code.code()), code.reason()),
+                None => (None, "client"),
+            };
+            let duration_ms = crate::clock::unix_ms().saturating_sub(connection.opened_at_ms);
+            self.node
+                .occupancy
+                .connection_closed(&self.app.id, &connection.socket_id);
+            self.node.emit_webhook(
+                &self.app,
+                WebhookEvent::ConnectionClosed {
+                    connection,
+                    duration_ms,
+                    code,
+                    reason: Arc::from(reason),
+                },
+            );
+        }
         drop(self.admission);
     }
 }

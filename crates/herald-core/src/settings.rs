@@ -13,6 +13,10 @@ use serde::{Deserialize, Deserializer};
 use crate::pattern::Pattern;
 use crate::secret::Secret;
 
+mod backend;
+
+pub use backend::{NEVER_FORWARDED, ProxySettings, TokenExpiry};
+
 /// One app (tenant): its credentials, options and limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +75,17 @@ pub struct AppSettings {
     /// permessage-deflate for this app's WebSocket clients.
     #[serde(default)]
     pub compression: CompressionSettings,
+    /// Ask the app's backend who a native connection is when it brings no token: the
+    /// answer is the connection's identity, as a token's claims would be.
+    #[serde(default)]
+    pub connect_proxy: Option<ProxySettings>,
+    /// Ask the app's backend (Laravel's `/broadcasting/auth`) about private and presence
+    /// channels no token grants a native connection.
+    #[serde(default)]
+    pub subscribe_proxy: Option<ProxySettings>,
+    /// What happens when a connection's token expires while it is open.
+    #[serde(default)]
+    pub token_expiry: TokenExpiry,
 }
 
 /// permessage-deflate (RFC 7692) on `/app/{key}` and `/ws/{key}`.
@@ -149,12 +164,28 @@ pub struct WebhookSettings {
     /// Where to POST (http or https).
     pub url: String,
     /// Event types to send: `channel_occupied`, `channel_vacated`, `member_added`,
-    /// `member_removed`, `client_event`, `cache_miss`. Empty: all of them.
+    /// `member_removed`, `client_event`, `cache_miss`, and the connection lifecycle's
+    /// `connection_opened` and `connection_closed`. Empty: all of them but the connection
+    /// lifecycle, which is sent only to endpoints that list it.
     #[serde(default)]
     pub event_types: Vec<String>,
-    /// Only events on channels starting with this prefix.
+    /// Only events on channels starting with this prefix (connection events have no
+    /// channel and ignore it).
     #[serde(default)]
     pub channel_prefix: Option<String>,
+    /// Put the client's IP address in connection events. Off by default: an address is
+    /// personal data.
+    #[serde(default)]
+    pub include_client_ip: bool,
+}
+
+impl WebhookSettings {
+    /// Whether this endpoint wants the connection lifecycle events.
+    pub fn wants_connection_events(&self) -> bool {
+        self.event_types
+            .iter()
+            .any(|t| t == "connection_opened" || t == "connection_closed")
+    }
 }
 
 /// The webhook event types.
@@ -165,6 +196,8 @@ pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
     "member_removed",
     "client_event",
     "cache_miss",
+    "connection_opened",
+    "connection_closed",
 ];
 
 fn yes() -> bool {
@@ -194,6 +227,9 @@ impl AppSettings {
             history: vec![HistoryRule::new("*")],
             idempotency_window: default_idempotency_window(),
             compression: CompressionSettings::default(),
+            connect_proxy: None,
+            subscribe_proxy: None,
+            token_expiry: TokenExpiry::default(),
         }
     }
 
@@ -220,13 +256,47 @@ impl AppSettings {
         match self.jwt.algorithm {
             JwtAlgorithm::Hs256 => {}
             JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
-                if self.jwt.public_key_file.is_none() && self.jwt.public_key.is_none() {
+                let keys = [
+                    self.jwt.public_key_file.is_some() || self.jwt.public_key.is_some(),
+                    self.jwt.jwks_url.is_some(),
+                ];
+                if keys == [false, false] {
                     bad(
                         "jwt.public_key_file",
-                        "RS256 and ES256 need a public key (public_key_file or public_key)",
+                        "RS256 and ES256 need a public key (public_key_file or public_key) or a jwks_url",
+                    );
+                }
+                if keys == [true, true] {
+                    bad(
+                        "jwt.jwks_url",
+                        "give either a public key or a jwks_url, not both",
                     );
                 }
             }
+        }
+        if let Some(url) = &self.jwt.jwks_url {
+            if self.jwt.algorithm == JwtAlgorithm::Hs256 {
+                bad("jwt.jwks_url", "a key set is for RS256 or ES256");
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bad("jwt.jwks_url", "must be an http:// or https:// URL");
+            }
+            if self.jwt.jwks_refresh < Duration::from_secs(10) {
+                bad("jwt.jwks_refresh", "must be at least 10s");
+            }
+            if self.jwt.jwks_min_interval < Duration::from_secs(1) {
+                bad("jwt.jwks_min_interval", "must be at least 1s");
+            }
+        }
+        let mut proxies = Vec::new();
+        if let Some(p) = &self.connect_proxy {
+            proxies.extend(p.problems(&format!("{prefix}.connect_proxy")));
+        }
+        if let Some(p) = &self.subscribe_proxy {
+            proxies.extend(p.problems(&format!("{prefix}.subscribe_proxy")));
+        }
+        if self.token_expiry.enforce && self.token_expiry.grace.is_zero() {
+            bad("token_expiry.grace", "must be more than 0");
         }
         for (i, rule) in self.channel_rules.iter().enumerate() {
             if rule.roles.is_empty() && rule.permissions.is_empty() {
@@ -282,6 +352,7 @@ impl AppSettings {
         if l.max_presence_members == 0 {
             bad("limits.max_presence_members", "must be at least 1");
         }
+        problems.extend(proxies);
         problems
     }
 }
@@ -318,6 +389,17 @@ pub struct JwtSettings {
     /// Clock skew tolerated on `exp`.
     #[serde(deserialize_with = "duration")]
     pub leeway: Duration,
+    /// A JSON Web Key Set to verify RS256/ES256 tokens with, instead of one public key: keys
+    /// are picked by the token's `kid`, refetched every `jwks_refresh` and when a token names
+    /// an unknown `kid` (at most every 10 s), so a key rotation needs no restart.
+    pub jwks_url: Option<String>,
+    /// How often the key set is refetched.
+    #[serde(deserialize_with = "duration")]
+    pub jwks_refresh: Duration,
+    /// The least time between two fetches of the key set: tokens naming unknown `kid`s,
+    /// however many, cause at most one fetch per this interval.
+    #[serde(deserialize_with = "duration")]
+    pub jwks_min_interval: Duration,
 }
 
 impl Default for JwtSettings {
@@ -329,6 +411,9 @@ impl Default for JwtSettings {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(5),
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(3600),
+            jwks_min_interval: Duration::from_secs(10),
         }
     }
 }

@@ -66,6 +66,46 @@ pub enum WebhookEvent {
         /// The channel.
         channel: ChannelName,
     },
+    /// A connection was admitted (sent only to endpoints that list `connection_opened`).
+    ConnectionOpened {
+        /// Who and how.
+        connection: Arc<ConnectionRecord>,
+    },
+    /// A connection ended, or was lost with the node that held it (sent only to endpoints
+    /// that list `connection_closed`).
+    ConnectionClosed {
+        /// Who and how.
+        connection: Arc<ConnectionRecord>,
+        /// How long it was open, in milliseconds.
+        duration_ms: u64,
+        /// The close code, when there was a close handshake (1000: the client closed);
+        /// `None` when the connection dropped or its node was lost.
+        code: Option<u16>,
+        /// Why: `client` (the client closed, or the connection dropped), the server's close
+        /// reason, or `node_lost`.
+        reason: Arc<str>,
+    },
+}
+
+/// What the connection lifecycle webhooks say about a connection. Kept in the cluster state
+/// while the connection is open, so the node that cleans up after a dead node can report its
+/// connections closed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionRecord {
+    /// The app.
+    pub app_id: String,
+    /// The connection's socket id (`"123.456"`).
+    pub socket_id: String,
+    /// The user, when the connection has one.
+    pub user_id: Option<String>,
+    /// `native` or `pusher`.
+    pub protocol: String,
+    /// `websocket`, `sse`, `long_poll` or `http`.
+    pub transport: String,
+    /// The client's address (sent only to endpoints with `include_client_ip`).
+    pub ip: String,
+    /// When it opened, milliseconds since the Unix epoch.
+    pub opened_at_ms: u64,
 }
 
 impl WebhookEvent {
@@ -78,19 +118,30 @@ impl WebhookEvent {
             Self::MemberRemoved { .. } => "member_removed",
             Self::ClientEvent { .. } => "client_event",
             Self::CacheMiss { .. } => "cache_miss",
+            Self::ConnectionOpened { .. } => "connection_opened",
+            Self::ConnectionClosed { .. } => "connection_closed",
         }
     }
 
-    /// The channel the event is about.
-    pub fn channel(&self) -> &ChannelName {
+    /// The channel the event is about (connection events have none).
+    pub fn channel(&self) -> Option<&ChannelName> {
         match self {
             Self::ChannelOccupied { channel }
             | Self::ChannelVacated { channel }
             | Self::MemberAdded { channel, .. }
             | Self::MemberRemoved { channel, .. }
             | Self::ClientEvent { channel, .. }
-            | Self::CacheMiss { channel } => channel,
+            | Self::CacheMiss { channel } => Some(channel),
+            Self::ConnectionOpened { .. } | Self::ConnectionClosed { .. } => None,
         }
+    }
+
+    /// Whether this is a connection lifecycle event (sent only where asked for).
+    pub fn is_connection_event(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectionOpened { .. } | Self::ConnectionClosed { .. }
+        )
     }
 }
 

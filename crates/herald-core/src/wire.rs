@@ -86,6 +86,16 @@ impl Transport {
     }
 }
 
+/// The native hint that the connection's token expired at `expired_at` and must be
+/// refreshed within `grace` seconds.
+pub(crate) fn refresh_hint(id: &str, expired_at: u64, grace: u64) -> Bytes {
+    let data = format!(r#"{{"expired_at":{expired_at},"grace_seconds":{grace}}}"#);
+    let mut env = Envelope::new(id, MessageType::Refresh, unix_ms());
+    env.event = Some("required");
+    env.data = data.as_bytes();
+    Bytes::from(env.to_vec())
+}
+
 /// The protocol-level heartbeat (`ping`) for a connection speaking `protocol`; `id` is a
 /// fresh message id (the native protocol gives every message one).
 pub(crate) fn ping(protocol: Protocol, id: &str) -> Bytes {

@@ -71,6 +71,10 @@ pub enum ErrorCode {
     AppDisabled,
     /// 209: the client's IP address is not allowed.
     IpDenied,
+    /// 210: the app's backend (its connect or subscribe proxy) did not answer usably: no
+    /// answer in time, an error status, or an answer that is not what the protocol says.
+    /// Retry later.
+    BackendUnavailable,
     /// 300: the connection has reached its maximum number of subscriptions.
     TooManySubscriptions,
     /// 301: too many requests in too short a time.
@@ -113,6 +117,7 @@ impl ErrorCode {
         Self::OriginNotAllowed,
         Self::AppDisabled,
         Self::IpDenied,
+        Self::BackendUnavailable,
         Self::TooManySubscriptions,
         Self::RateLimited,
         Self::PayloadTooLarge,
@@ -147,6 +152,7 @@ impl ErrorCode {
             Self::OriginNotAllowed => 207,
             Self::AppDisabled => 208,
             Self::IpDenied => 209,
+            Self::BackendUnavailable => 210,
             Self::TooManySubscriptions => 300,
             Self::RateLimited => 301,
             Self::PayloadTooLarge => 302,
@@ -182,6 +188,7 @@ impl ErrorCode {
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::AppDisabled => "app_disabled",
             Self::IpDenied => "ip_denied",
+            Self::BackendUnavailable => "backend_unavailable",
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::RateLimited => "rate_limited",
             Self::PayloadTooLarge => "payload_too_large",
@@ -207,7 +214,7 @@ impl ErrorCode {
             Self::NotFound | Self::UnknownApp => 404,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
-            Self::Overloaded => 503,
+            Self::Overloaded | Self::BackendUnavailable => 503,
             Self::Unauthorized | Self::TokenExpired | Self::BadSignature | Self::TokenInvalid => {
                 401
             }
@@ -250,6 +257,7 @@ impl ErrorCode {
             Self::OriginNotAllowed => "origin not allowed",
             Self::AppDisabled => "app is disabled",
             Self::IpDenied => "client address not allowed",
+            Self::BackendUnavailable => "the app's backend did not answer; retry later",
             Self::TooManySubscriptions => "too many subscriptions on this connection",
             Self::RateLimited => "rate limit exceeded",
             Self::PayloadTooLarge => "payload too large",
@@ -301,6 +309,9 @@ pub enum CloseCode {
     MessageTooBig,
     /// 1011: an unexpected server failure.
     InternalError,
+    /// 1013: the server cannot take the connection now (the app's backend did not answer
+    /// the connect proxy). Reconnect after a delay.
+    TryAgainLater,
     /// 4001: no app has this key.
     UnknownApp,
     /// 4002: the request is not a valid Herald connection (bad path, protocol or parameters).
@@ -342,6 +353,7 @@ impl CloseCode {
         Self::InvalidPayload,
         Self::MessageTooBig,
         Self::InternalError,
+        Self::TryAgainLater,
         Self::UnknownApp,
         Self::BadRequest,
         Self::AppDisabled,
@@ -368,6 +380,7 @@ impl CloseCode {
             Self::InvalidPayload => 1007,
             Self::MessageTooBig => 1009,
             Self::InternalError => 1011,
+            Self::TryAgainLater => 1013,
             Self::UnknownApp => 4001,
             Self::BadRequest => 4002,
             Self::AppDisabled => 4003,
@@ -395,6 +408,7 @@ impl CloseCode {
             Self::InvalidPayload => "text frame is not valid utf-8",
             Self::MessageTooBig => "message too big",
             Self::InternalError => "internal server error",
+            Self::TryAgainLater => "try again later",
             Self::UnknownApp => "unknown app",
             Self::BadRequest => "bad request",
             Self::AppDisabled => "app disabled",

@@ -38,6 +38,10 @@ pub enum MessageType {
     Ping,
     /// The reply to a client `ping`.
     Pong,
+    /// The reply to a `refresh` (`data.expires_at`); sent unasked (`event`: `required`)
+    /// when the connection's token has expired and the app enforces expiry: send a
+    /// `refresh` within `data.grace_seconds`, or the connection closes with 4005.
+    Refresh,
 }
 
 impl MessageType {
@@ -52,6 +56,7 @@ impl MessageType {
             Self::Error => "error",
             Self::Ping => "ping",
             Self::Pong => "pong",
+            Self::Refresh => "refresh",
         }
     }
 }
@@ -238,6 +243,11 @@ pub enum Request<'a> {
     Ping,
     /// The answer to a server `ping`.
     Pong,
+    /// Replace the connection's token with `token` (same user), before or after it expires.
+    Refresh {
+        /// The new connection token.
+        token: Cow<'a, str>,
+    },
 }
 
 /// Why a client message was rejected, with the `ref` to echo if it could be read.
@@ -350,6 +360,9 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage<'_>, RequestErr
         },
         Some("ping") => Request::Ping,
         Some("pong") => Request::Pong,
+        Some("refresh") => Request::Refresh {
+            token: required(raw.token, "token", reference)?,
+        },
         Some(other) => {
             return Err(RequestError {
                 code: ErrorCode::UnknownType,

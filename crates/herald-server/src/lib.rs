@@ -25,6 +25,8 @@
 pub mod acme;
 pub mod admin;
 pub mod api;
+pub mod app_backend;
+pub mod backend_http;
 pub mod cli;
 pub mod client_ip;
 pub mod commands;
@@ -32,6 +34,7 @@ pub mod config;
 pub mod handover;
 pub mod history_api;
 pub mod http;
+pub mod jwks;
 pub mod listener;
 pub mod pusher_api;
 pub mod routes;

@@ -77,11 +77,21 @@ where
     let shutdown = shared.shutdown.clone();
     let hard_stop = shared.hard_stop.clone();
     let timeout = shared.config.server.handshake_timeout;
+    // Counted until its first request begins (or the connection ends).
+    let counted = shared.clone();
+    let mut unserved = Some(counted.unserved.enter());
     let first_request = Arc::new(tokio::sync::Notify::new());
     let started = first_request.clone();
     let service = service_fn(move |req| {
+        // Counted in flight before the connection stops counting as unserved, so that a
+        // handover never sees both at zero while a request is on its way.
+        let in_flight = crate::server::RequestGuard::new(shared.clone());
         started.notify_one();
-        crate::routes::handle(shared.clone(), peer, req)
+        let shared = shared.clone();
+        async move {
+            let _in_flight = in_flight;
+            crate::routes::handle(shared, peer, req).await
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -96,7 +106,10 @@ where
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break Some(result),
-            () = first.as_mut(), if !served => served = true,
+            () = first.as_mut(), if !served => {
+                served = true;
+                drop(unserved.take());
+            }
             () = shutdown.cancelled() => break None,
         }
     };
@@ -115,7 +128,7 @@ where
                 }
                 return;
             }
-            () = first => {}
+            () = first => drop(unserved.take()),
             () = tokio::time::sleep(timeout) => {}
             () = hard_stop.cancelled() => return,
         }

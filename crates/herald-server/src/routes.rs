@@ -33,8 +33,6 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let requests = shared.clone();
-    let _in_flight = requests.requests.enter();
     let client_ip = shared.ip_filter.client_ip(peer.ip(), req.headers());
     if shared.ip_filter.is_trusted_proxy(peer.ip()) && !shared.ip_filter.allows(client_ip) {
         return Ok(fail(ErrorCode::IpDenied, "client address not allowed"));
@@ -52,11 +50,11 @@ pub async fn handle(
         ),
         (&Method::GET, ["ws", app_key]) => {
             let app_key = (*app_key).to_owned();
-            websocket(&shared, client_ip, req, &app_key, Protocol::Native)
+            websocket(&shared, client_ip, req, &app_key, Protocol::Native).await
         }
         (&Method::GET, ["app", app_key]) => {
             let app_key = (*app_key).to_owned();
-            websocket(&shared, client_ip, req, &app_key, Protocol::Pusher)
+            websocket(&shared, client_ip, req, &app_key, Protocol::Pusher).await
         }
         (&Method::GET, ["sse", app_key]) if shared.config.sse.enabled => {
             let app_key = (*app_key).to_owned();
@@ -161,7 +159,7 @@ fn with_cors(mut resp: Response<Body>, origin: Option<http::HeaderValue>) -> Res
 }
 
 /// Upgrade to a WebSocket session speaking `protocol`.
-fn websocket(
+async fn websocket(
     shared: &Arc<Shared>,
     ip: IpAddr,
     mut req: Request<Incoming>,
@@ -194,17 +192,38 @@ fn websocket(
                 }
                 Protocol::Pusher => None,
             };
-            shared
-                .node
-                .connect(ConnectRequest {
-                    app_key,
-                    token: token.as_deref(),
-                    origin: header_str(&req, "origin"),
-                    ip,
-                    protocol,
-                    transport: Transport::WebSocket,
-                    transport_session: None,
-                    deflate,
+            // The app's backend proxies serve native clients (Pusher clients sign their own
+            // subscriptions with the app's auth endpoint).
+            let prepared = match protocol {
+                Protocol::Native => {
+                    shared
+                        .app_backends
+                        .prepare(
+                            &shared.node,
+                            app_key,
+                            req.headers(),
+                            ip,
+                            Transport::WebSocket,
+                            token.as_deref(),
+                        )
+                        .await
+                }
+                Protocol::Pusher => Ok((None, None)),
+            };
+            prepared
+                .and_then(|(identity, backend_context)| {
+                    shared.node.connect(ConnectRequest {
+                        app_key,
+                        token: token.as_deref(),
+                        origin: header_str(&req, "origin"),
+                        ip,
+                        protocol,
+                        transport: Transport::WebSocket,
+                        transport_session: None,
+                        deflate,
+                        identity,
+                        backend_context,
+                    })
                 })
                 .map_err(|r| {
                     debug!(%ip, code = %r.refusal.code, "websocket connection refused");

@@ -60,9 +60,14 @@ pub struct Shared {
     /// Client requests being handled, so a handover can let them finish before the new
     /// process opens the history they write to.
     pub requests: InFlight,
+    /// Connections accepted whose first request has not begun yet: a handover waits for
+    /// those requests too (they were accepted here, so they are answered here).
+    pub unserved: InFlight,
     /// This node's id in the cluster (random unless `cluster.node_id` is set), for the
     /// admin views.
     pub node_id: Arc<str>,
+    /// The apps' connect and subscribe proxies.
+    pub app_backends: Arc<crate::app_backend::AppBackends>,
 }
 
 /// A count of requests being handled, and a way to wait until there are none.
@@ -93,6 +98,35 @@ impl InFlight {
             }
         };
         tokio::time::timeout(limit, wait).await.is_ok()
+    }
+}
+
+/// Counts one request in `Shared::requests` while it lives (owned: it moves into the
+/// request's future).
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Shared>);
+
+impl RequestGuard {
+    /// Count a request of `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        shared
+            .requests
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let requests = &self.0.requests;
+        if requests
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            requests.idle.notify_waiters();
+        }
     }
 }
 
@@ -361,6 +395,10 @@ impl Server {
             Some(settings) => Some(TlsState::new(settings, config.tls_key.clone())?),
             None => None,
         };
+        let app_backends = Arc::new(crate::app_backend::AppBackends::new(&node)?);
+        if app_backends.has_subscribe_proxies() {
+            node.set_subscribe_authority(app_backends.clone());
+        }
         let ip_filter = IpFilter::new(
             config.server.ip_allow.clone(),
             config.server.ip_deny.clone(),
@@ -383,7 +421,9 @@ impl Server {
                 bodies,
                 tls: tls.clone(),
                 requests: InFlight::default(),
+                unserved: InFlight::default(),
                 node_id: node_id.clone(),
+                app_backends,
             }),
             tls,
             webhooks,
@@ -460,6 +500,7 @@ impl Server {
         };
         self.drain(grace.saturating_sub(drain_started.elapsed()))
             .await;
+        shared.node.leave_cluster().await;
         if let Some(journal) = self.durable_history.as_ref().and_then(|h| h.journal()) {
             match journal.close().await {
                 Ok(()) => info!("history store closed"),
@@ -530,6 +571,9 @@ impl Server {
             shared.clone(),
             admin_stop.clone(),
         ));
+        if let Err(e) = crate::jwks::spawn_fetchers(&shared.node, admin_stop) {
+            warn!(error = %e, "JWKS fetchers not started");
+        }
         let mut ingests = Vec::new();
         for settings in std::mem::take(&mut self.ingests) {
             let app = settings.app_id.clone();
@@ -593,6 +637,11 @@ impl Server {
     /// history, say so, and wait until the new process serves.
     async fn release(&self, mut successor: Successor) -> Result<(), HandoverError> {
         let config = &self.shared.config.server;
+        if !self.shared.unserved.idle(config.handshake_timeout).await {
+            warn!(
+                "handover: connections accepted here sent no request within server.handshake_timeout"
+            );
+        }
         if !self.shared.requests.idle(config.body_timeout).await {
             warn!(
                 "handover: requests still in flight after server.body_timeout; handing over anyway"

@@ -11,15 +11,14 @@
 //! endpoint go out in order, one at a time.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::settings::WebhookSettings;
-use herald_core::webhook::{AppWebhookEvent, WebhookEvent};
+use herald_core::webhook::{AppWebhookEvent, ConnectionRecord, WebhookEvent};
 use herald_core::{Metrics, Node};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use herald_protocol::ChannelName;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -36,6 +35,8 @@ pub const RETRY_WINDOW: Duration = Duration::from_secs(5 * 60);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Batches an endpoint may have waiting; beyond it new batches are dropped and counted.
 pub const ENDPOINT_QUEUE: usize = 1024;
+/// The most of an endpoint's answer that is read (its body is not used).
+const MAX_ANSWER: usize = 64 * 1024;
 
 /// One endpoint's filters and the queue to its sender.
 struct Endpoint {
@@ -102,7 +103,7 @@ pub async fn run(
                 let selected: Vec<Value> = events
                     .iter()
                     .filter(|e| wanted(&endpoint.settings, &e.event))
-                    .map(|e| event_json(&e.event))
+                    .map(|e| event_json(&e.event, endpoint.settings.include_client_ip))
                     .collect();
                 for chunk in selected.chunks(BATCH_MAX) {
                     if endpoint.tx.try_send(chunk.to_vec()).is_ok() {
@@ -126,19 +127,23 @@ fn queued(node: &Node, delta: i64) {
         .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether `endpoint` wants `event`.
+/// Whether `endpoint` wants `event`: the connection lifecycle only when listed, other
+/// events when listed or when the list is empty; the channel prefix applies to events
+/// about a channel.
 fn wanted(endpoint: &WebhookSettings, event: &WebhookEvent) -> bool {
-    (endpoint.event_types.is_empty() || endpoint.event_types.iter().any(|t| t == event.name()))
-        && endpoint
-            .channel_prefix
-            .as_deref()
-            .is_none_or(|p| event.channel().as_str().starts_with(p))
+    let listed = endpoint.event_types.iter().any(|t| t == event.name());
+    let by_type = listed || (endpoint.event_types.is_empty() && !event.is_connection_event());
+    by_type
+        && match (endpoint.channel_prefix.as_deref(), event.channel()) {
+            (Some(prefix), Some(channel)) => channel.as_str().starts_with(prefix),
+            _ => true,
+        }
 }
 
 /// The Pusher webhook form of an event.
-pub fn event_json(event: &WebhookEvent) -> Value {
+pub fn event_json(event: &WebhookEvent, include_ip: bool) -> Value {
     let name = event.name();
-    let channel = event.channel().as_str();
+    let channel = event.channel().map(ChannelName::as_str);
     match event {
         WebhookEvent::ChannelOccupied { .. }
         | WebhookEvent::ChannelVacated { .. }
@@ -166,7 +171,38 @@ pub fn event_json(event: &WebhookEvent) -> Value {
             }
             v
         }
+        WebhookEvent::ConnectionOpened { connection } => {
+            connection_json(name, connection, include_ip)
+        }
+        WebhookEvent::ConnectionClosed {
+            connection,
+            duration_ms,
+            code,
+            reason,
+        } => {
+            let mut v = connection_json(name, connection, include_ip);
+            v["duration_ms"] = json!(duration_ms);
+            v["close_code"] = json!(code);
+            v["reason"] = json!(&**reason);
+            v
+        }
     }
+}
+
+/// The fields of a connection event.
+fn connection_json(name: &str, c: &ConnectionRecord, include_ip: bool) -> Value {
+    let mut v = json!({
+        "name": name,
+        "socket_id": &c.socket_id,
+        "user_id": c.user_id.as_deref(),
+        "protocol": &c.protocol,
+        "transport": &c.transport,
+        "opened_at_ms": c.opened_at_ms,
+    });
+    if include_ip {
+        v["client_ip"] = json!(&c.ip);
+    }
+    v
 }
 
 /// One endpoint's sender: batches in order, each retried within the retry window.
@@ -228,51 +264,7 @@ async fn sender(
 }
 
 /// A parsed webhook URL: made once, by configuration validation.
-#[derive(Debug, Clone)]
-pub struct WebhookTarget {
-    /// `https`: connect with TLS.
-    tls: bool,
-    /// The host to connect to (and to verify the certificate for).
-    host: String,
-    /// The port, from the URL or the scheme's default.
-    port: u16,
-    /// The `Host` header, and the name in logs (never the path, which may hold a token).
-    authority: String,
-    /// The path and query to POST to.
-    path: String,
-}
-
-impl WebhookTarget {
-    /// Parse an `http://` or `https://` URL with a host.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err("the scheme must be http or https".into()),
-        };
-        let host = uri
-            .host()
-            .ok_or("no host")?
-            .trim_matches(['[', ']'])
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
-        let path = uri
-            .path_and_query()
-            .map_or("/".to_owned(), |p| p.as_str().to_owned());
-        Ok(Self {
-            tls,
-            host,
-            port,
-            authority,
-            path,
-        })
-    }
-}
+pub type WebhookTarget = crate::backend_http::HttpTarget;
 
 /// POST `body` to `target`; the HTTP status, or why it failed.
 async fn post(
@@ -281,83 +273,26 @@ async fn post(
     key: &str,
     signature: &str,
 ) -> Result<u16, String> {
-    let request = http::Request::post(target.path.as_str())
-        .header(http::header::HOST, target.authority.as_str())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header("x-pusher-key", key)
-        .header("x-pusher-signature", signature)
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let attempt = async {
-        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        if target.tls {
-            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
-                .map_err(|e| format!("invalid server name: {e}"))?;
-            let tls = tokio_rustls::TlsConnector::from(client_tls())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("tls: {e}"))?;
-            send(TokioIo::new(tls), request).await
-        } else {
-            send(TokioIo::new(tcp), request).await
-        }
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, attempt)
-        .await
-        .map_err(|_| "timed out".to_owned())?
-}
-
-async fn send<IO>(io: IO, request: http::Request<Full<Bytes>>) -> Result<u16, String>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("http: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("http: {e}"))?;
-    let status = response.status().as_u16();
-    let _ = response.into_body().collect().await;
-    Ok(status)
-}
-
-/// The TLS client configuration for https webhooks: the system's root certificates.
-fn client_tls() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            let loaded = rustls_native_certs::load_native_certs();
-            for cert in loaded.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                warn!("no system root certificates found; https webhooks will fail");
-            }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("the ring provider supports the default versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            Arc::new(config)
-        })
-        .clone()
+    crate::backend_http::request(
+        target,
+        http::Method::POST,
+        &[
+            ("content-type", "application/json"),
+            ("x-pusher-key", key),
+            ("x-pusher-signature", signature),
+        ],
+        body,
+        REQUEST_TIMEOUT,
+        MAX_ANSWER,
+    )
+    .await
+    .map(|answer| answer.status)
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_protocol::ChannelName;
 
     #[test]
     fn filters_and_shapes_events() {
@@ -367,30 +302,36 @@ mod tests {
             user_id: Arc::from("7"),
         };
         assert_eq!(
-            event_json(&e),
+            event_json(&e, false),
             json!({"name": "member_added", "channel": "presence-room", "user_id": "7"})
         );
         let all = WebhookSettings {
             url: "http://x".into(),
             event_types: vec![],
             channel_prefix: None,
+            include_client_ip: false,
         };
         assert!(wanted(&all, &e));
         let only_vacated = WebhookSettings {
             url: "http://x".into(),
             event_types: vec!["channel_vacated".into()],
             channel_prefix: None,
+            include_client_ip: false,
         };
         assert!(!wanted(&only_vacated, &e));
         let prefix = WebhookSettings {
             url: "http://x".into(),
             event_types: vec![],
             channel_prefix: Some("private-".into()),
+            include_client_ip: false,
         };
         assert!(!wanted(&prefix, &e));
         let t = WebhookTarget::parse("https://hooks.example.com:8443/pusher?x=1").unwrap();
         assert!(
-            t.tls && t.port == 8443 && t.path == "/pusher?x=1" && t.host == "hooks.example.com"
+            t.is_tls()
+                && t.port() == 8443
+                && t.path() == "/pusher?x=1"
+                && t.authority == "hooks.example.com:8443"
         );
     }
 }

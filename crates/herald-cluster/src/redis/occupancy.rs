@@ -18,6 +18,10 @@
 //! - **Outage:** a heartbeat that fails marks the state degraded; when a heartbeat finds
 //!   this node missing (Redis restarted empty, or this node was presumed dead), the node
 //!   writes its channels and presence members again, without webhooks.
+//! - **Connections:** records of the connections whose app wants the lifecycle webhooks
+//!   are kept in a hash per node, written by the heartbeat (opens and closes within one
+//!   heartbeat cancel out). The reaper of a dead node reads and deletes it, so each lost
+//!   connection is reported once; a node that stops cleanly deletes its own.
 //! - **Reports:** every heartbeat writes this node's latest report to a key that expires
 //!   after `node_ttl` (so it disappears with the node); `reports` reads the report of every
 //!   node in the heartbeat set that has one.
@@ -29,6 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_core::broker::BrokerHealth;
 use herald_core::occupancy::{Departure, Occupancy, OccupancyError, OccupancyHandler};
+use herald_core::webhook::ConnectionRecord;
 use herald_protocol::{ChannelName, SocketId};
 use parking_lot::Mutex;
 use tracing::{info, warn};
@@ -65,6 +70,11 @@ struct Inner {
     locks: Shards,
     /// This node's latest report, written with every heartbeat.
     report: Mutex<Option<Arc<str>>>,
+    /// Records of this node's connections (for the lifecycle webhooks), to write again if
+    /// Redis loses them.
+    connections: Mutex<HashMap<String, Arc<str>>>,
+    /// Connection records changed since the last heartbeat: `None` deletes.
+    connections_dirty: Mutex<HashMap<String, Option<Arc<str>>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -107,6 +117,8 @@ impl RedisOccupancy {
                 dirty: Mutex::new(HashMap::new()),
                 locks: Shards::new(LOCK_SHARDS),
                 report: Mutex::new(None),
+                connections: Mutex::new(HashMap::new()),
+                connections_dirty: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -220,6 +232,47 @@ impl Inner {
             }
         }
         self.presence.rejoin_all().await;
+        let records: Vec<(String, Arc<str>)> = self
+            .connections
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut dirty = self.connections_dirty.lock();
+        for (socket, record) in records {
+            dirty.entry(socket).or_insert(Some(record));
+        }
+    }
+
+    /// Write the connection records changed since the last heartbeat.
+    async fn flush_connections(&self) -> Result<(), String> {
+        let changes: Vec<(String, Option<Arc<str>>)> =
+            self.connections_dirty.lock().drain().collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let key = self.link.keys.node_connections(&self.link.node_id);
+        let mut pipe = redis::pipe();
+        for (socket, record) in &changes {
+            match record {
+                Some(record) => pipe
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg(socket)
+                    .arg(&**record)
+                    .ignore(),
+                None => pipe.cmd("HDEL").arg(&key).arg(socket).ignore(),
+            };
+        }
+        if let Err(e) = self.link.pipe::<()>(&pipe).await {
+            // Put them back (newer changes win) for the next heartbeat.
+            let mut dirty = self.connections_dirty.lock();
+            for (socket, record) in changes {
+                dirty.entry(socket).or_insert(record);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Clean up after a dead node, if this node wins its lock.
@@ -284,11 +337,24 @@ impl Inner {
                 });
             }
         }
+        let records: Vec<String> = self
+            .link
+            .query(redis::cmd("HVALS").arg(keys.node_connections(dead)))
+            .await?;
+        for record in records {
+            match serde_json::from_str::<ConnectionRecord>(&record) {
+                Ok(record) => departures.push(Departure::ConnectionLost {
+                    record: Arc::new(record),
+                }),
+                Err(e) => warn!(error = %e, "unreadable connection record of a dead node"),
+            }
+        }
         self.link
             .query::<i64>(
                 redis::cmd("DEL")
                     .arg(keys.node_presence(dead))
-                    .arg(keys.node_channels(dead)),
+                    .arg(keys.node_channels(dead))
+                    .arg(keys.node_connections(dead)),
             )
             .await?;
         let mut invocation = FORGET_NODE.prepare_invoke();
@@ -318,6 +384,7 @@ impl Inner {
             self.rewrite().await;
         }
         self.flush_counts().await?;
+        self.flush_connections().await?;
         let report = self.report.lock().clone();
         if let Some(report) = report {
             self.link
@@ -467,6 +534,43 @@ impl Occupancy for RedisOccupancy {
 
     fn report(&self, report: Arc<str>) {
         *self.inner.report.lock() = Some(report);
+    }
+
+    fn connection_opened(&self, record: &Arc<ConnectionRecord>) {
+        let Ok(json) = serde_json::to_string(&**record) else {
+            return;
+        };
+        let json: Arc<str> = Arc::from(json);
+        let socket = record.socket_id.clone();
+        self.inner
+            .connections
+            .lock()
+            .insert(socket.clone(), json.clone());
+        self.inner
+            .connections_dirty
+            .lock()
+            .insert(socket, Some(json));
+    }
+
+    fn connection_closed(&self, _app_id: &str, socket_id: &str) {
+        if self.inner.connections.lock().remove(socket_id).is_some() {
+            self.inner
+                .connections_dirty
+                .lock()
+                .insert(socket_id.to_owned(), None);
+        }
+    }
+
+    async fn leave(&self) {
+        let inner = &self.inner;
+        if let Err(e) = inner.flush_counts().await {
+            warn!(error = %e, "cannot write the last subscriber counts");
+        }
+        inner.connections_dirty.lock().clear();
+        let key = inner.link.keys.node_connections(&inner.link.node_id);
+        if let Err(e) = inner.link.query::<i64>(redis::cmd("DEL").arg(key)).await {
+            warn!(error = %e, "cannot delete this node's connection records");
+        }
     }
 
     async fn reports(&self) -> Result<Option<Vec<Arc<str>>>, OccupancyError> {

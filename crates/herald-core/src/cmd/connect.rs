@@ -12,11 +12,13 @@ use herald_protocol::{CloseCode, ErrorCode};
 use super::truncate;
 use crate::app::App;
 use crate::auth::Identity;
+use crate::backend::BackendContext;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::outbound::{QueueLimits, SessionHandle};
 use crate::refusal::Refusal;
 use crate::session::Session;
+use crate::webhook::{ConnectionRecord, WebhookEvent};
 use crate::wire::{Protocol, Transport};
 
 /// What a transport knows about a connection attempt.
@@ -40,6 +42,12 @@ pub struct ConnectRequest<'a> {
     /// The WebSocket negotiated permessage-deflate: publications past the app's threshold
     /// reach it compressed.
     pub deflate: bool,
+    /// Who the connection is, as the app's connect proxy answered (the server asked it
+    /// before connecting); used in place of a token.
+    pub identity: Option<Identity>,
+    /// What the connection brought for the app's subscribe proxy (allowed headers and
+    /// cookies), kept for its life when the app has one.
+    pub backend_context: Option<Arc<BackendContext>>,
 }
 
 /// A refused connection: the error to report and the close code to end it with.
@@ -80,14 +88,44 @@ impl Node {
         };
         let handle = self.register(&app, identity.as_deref(), &req);
         Metrics::inc(&self.metrics.connections_accepted);
-        Ok(Session::new(
+        let lifecycle = app.lifecycle_webhooks.then(|| {
+            Arc::new(ConnectionRecord {
+                app_id: app.id.to_string(),
+                socket_id: handle.socket_id.to_string(),
+                user_id: handle.user_id().map(|u| u.to_string()),
+                protocol: req.protocol.name().to_owned(),
+                transport: req.transport.name().to_owned(),
+                ip: req.ip.to_string(),
+                opened_at_ms: crate::clock::unix_ms(),
+            })
+        });
+        let mut session = Session::new(
             self.clone(),
-            app,
+            app.clone(),
             handle,
             identity,
             admission,
             req.transport_session,
-        ))
+        );
+        if app.settings.token_expiry.enforce
+            && let Some(identity) = &session.identity
+        {
+            session.handle.set_token_expiry(identity.expires_at);
+        }
+        if app.settings.subscribe_proxy.is_some() && req.backend_context.is_some() {
+            session.extras.get_or_insert_default().backend_context = req.backend_context.clone();
+        }
+        if let Some(connection) = lifecycle {
+            self.occupancy.connection_opened(&connection);
+            self.emit_webhook(
+                &app,
+                WebhookEvent::ConnectionOpened {
+                    connection: connection.clone(),
+                },
+            );
+            session.extras.get_or_insert_default().lifecycle = Some(connection);
+        }
+        Ok(session)
     }
 
     /// Every check, in order: app, origin, token, limits. A draining node still admits: only
@@ -96,7 +134,10 @@ impl Node {
     /// told it is connected; a refusal would look like a failed attempt to the client.
     fn admit(self: &Arc<Self>, req: &ConnectRequest<'_>) -> Result<Admitted, ConnectRefusal> {
         let app = self.app_for(req)?;
-        let identity = authenticate(&app, req.token)?;
+        let identity = match &req.identity {
+            Some(identity) => Some(Arc::new(identity.clone())),
+            None => authenticate(&app, req.token)?,
+        };
         let admission = Admission::acquire(self, &app, req).map_err(|what| {
             let close = if what == "app" {
                 CloseCode::AppOverQuota

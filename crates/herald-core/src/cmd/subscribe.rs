@@ -286,7 +286,11 @@ impl Session {
         {
             return self.subscribe_server_to_user(name, user);
         }
-        let (channel, access) = self.authorise(name, auth)?;
+        let (channel, access) = match self.authorise(name, auth) {
+            Ok(granted) => granted,
+            Err(refusal) if self.may_ask_backend(&refusal, auth) => self.ask_backend(name).await?,
+            Err(refusal) => return Err(refusal),
+        };
         let mut rollback = Rollback {
             node: self.node.clone(),
             app: self.app.clone(),
@@ -374,6 +378,46 @@ impl Session {
         if channel.kind().is_protected() {
             self.handle.mark_authorized();
         }
+        Ok((channel, access))
+    }
+
+    /// Whether a refusal by the tokens may be overruled by the app's subscribe proxy: a
+    /// native subscribe to a private or presence channel that no token granted, on an app
+    /// with a subscribe proxy.
+    fn may_ask_backend(&self, refusal: &Refusal, auth: ChannelAuth<'_>) -> bool {
+        matches!(auth, ChannelAuth::Token(_))
+            && matches!(
+                refusal.code,
+                ErrorCode::Unauthorized | ErrorCode::ChannelNotAllowed
+            )
+            && self
+                .extras
+                .as_ref()
+                .is_some_and(|e| e.backend_context.is_some())
+            && self.node.subscribe_authority.get().is_some()
+    }
+
+    /// Step 1 by the app's backend: its subscribe proxy decides, as Laravel's channel rules
+    /// say. Name and subscription limit were checked by [`Session::authorise`] already.
+    async fn ask_backend(&mut self, name: &str) -> Result<(ChannelName, ChannelAccess), Refusal> {
+        let channel = ChannelName::new(name)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidChannel, e.to_string()))?;
+        let (Some(authority), Some(context)) = (
+            self.node.subscribe_authority.get().cloned(),
+            self.extras.as_ref().and_then(|e| e.backend_context.clone()),
+        ) else {
+            return Err(Refusal::plain(ErrorCode::Unauthorized));
+        };
+        let access = authority
+            .authorize(&self.app, self.handle.socket_id, &channel, &context)
+            .await?;
+        if channel.kind().is_presence() && access.user_id.is_none() {
+            return Err(Refusal::new(
+                ErrorCode::BackendUnavailable,
+                "the backend granted a presence channel without channel_data.user_id",
+            ));
+        }
+        self.handle.mark_authorized();
         Ok((channel, access))
     }
 

@@ -102,6 +102,20 @@ async fn announce(node: &Node, departure: Departure) {
                 node.emit_webhook(app, WebhookEvent::ChannelVacated { channel });
             }
         }
+        Departure::ConnectionLost { record } => {
+            if let Some(app) = node.apps.by_id(&record.app_id) {
+                let duration_ms = crate::clock::unix_ms().saturating_sub(record.opened_at_ms);
+                node.emit_webhook(
+                    app,
+                    WebhookEvent::ConnectionClosed {
+                        connection: record,
+                        duration_ms,
+                        code: None,
+                        reason: Arc::from("node_lost"),
+                    },
+                );
+            }
+        }
         Departure::Left {
             app_id,
             channel,

@@ -29,6 +29,10 @@ pub(super) fn connected(session: &Session, transport_session: Option<&str>) -> V
     reply(session, MessageType::Connected, None, None, &data, None)
 }
 
+/// How long a request whose token names a `kid` the app's key set does not hold waits for
+/// the set to be fetched again.
+const KEY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Handle one native message.
 pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), CloseCode> {
     let message = match parse_client_message(text) {
@@ -45,6 +49,9 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
             token,
             since,
         } => {
+            if let Some(token) = token.as_deref() {
+                session.app.verifier.ready_for(token, KEY_WAIT).await;
+            }
             match session
                 .subscribe(
                     &channel,
@@ -135,6 +142,10 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
                 push_error(session, &refusal, Some(&channel), reference);
             }
         }
+        Request::Refresh { token } => {
+            session.app.verifier.ready_for(&token, KEY_WAIT).await;
+            refresh(session, &token, reference);
+        }
         Request::Ping => {
             let bytes = reply(session, MessageType::Pong, None, None, b"null", reference);
             session.push(bytes);
@@ -142,6 +153,25 @@ pub(super) async fn handle(session: &mut Session, text: &[u8]) -> Result<(), Clo
         Request::Pong => {}
     }
     Ok(())
+}
+
+/// Answer a `refresh`: the new expiry, or why the token was refused (nothing changes).
+fn refresh(session: &mut Session, token: &str, reference: Option<&str>) {
+    match session.refresh(token) {
+        Ok(expires_at) => {
+            let data = format!(r#"{{"expires_at":{expires_at}}}"#);
+            let bytes = reply(
+                session,
+                MessageType::Refresh,
+                None,
+                Some("refreshed"),
+                data.as_bytes(),
+                reference,
+            );
+            session.push(bytes);
+        }
+        Err(refusal) => push_error(session, &refusal, None, reference),
+    }
 }
 
 fn reply(

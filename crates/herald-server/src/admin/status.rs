@@ -34,7 +34,13 @@ pub async fn status(shared: &Shared) -> Value {
     let apps: Vec<_> = node
         .apps()
         .iter()
-        .map(|a| json!({"id": &*a.id, "connections": a.connections()}))
+        .map(|a| {
+            let mut app = json!({"id": &*a.id, "connections": a.connections()});
+            if let Some(set) = a.verifier.key_set() {
+                app["jwks"] = json!(set.status());
+            }
+            app
+        })
         .collect();
     let history = match node.history_stats(None).await {
         Ok(h) => json!({"streams": h.streams, "publications": h.publications, "bytes": h.bytes}),
@@ -153,6 +159,7 @@ pub async fn metrics(shared: &Shared) -> Response<Body> {
     }
     node.metrics().render_prometheus(&mut text, &gauges);
     render_labelled(shared, &mut text);
+    shared.app_backends.render_metrics(&mut text);
     let mut resp = Response::new(full(text));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -100,7 +100,7 @@ pub fn command_queue() -> (mpsc::Sender<Vec<Bytes>>, mpsc::Receiver<Vec<Bytes>>)
 
 /// Admit a native-protocol session for an HTTP transport: the same checks as a WebSocket
 /// (app, origin, token from `?token=` or `Authorization: Bearer`, limits).
-pub fn connect(
+pub async fn connect(
     shared: &Arc<Shared>,
     req: &Request<Incoming>,
     ip: IpAddr,
@@ -109,6 +109,18 @@ pub fn connect(
     transport: herald_core::Transport,
 ) -> Result<Session, Response<Body>> {
     let token = crate::http::query_param(req, "token").or_else(|| bearer(req).map(str::to_owned));
+    let (identity, backend_context) = shared
+        .app_backends
+        .prepare(
+            &shared.node,
+            app_key,
+            req.headers(),
+            ip,
+            transport,
+            token.as_deref(),
+        )
+        .await
+        .map_err(|r| error(&r.refusal))?;
     shared
         .node
         .connect(ConnectRequest {
@@ -120,6 +132,8 @@ pub fn connect(
             transport,
             transport_session: Some(session_id),
             deflate: false,
+            identity,
+            backend_context,
         })
         .map_err(|r| error(&r.refusal))
 }

@@ -99,7 +99,9 @@ pub async fn open(
         app_key,
         &id,
         herald_core::Transport::LongPoll,
-    ) {
+    )
+    .await
+    {
         Ok(s) => s,
         Err(r) => return r,
     };

@@ -269,6 +269,8 @@ fn connect(
             transport: herald_core::Transport::Http,
             transport_session: Some(id),
             deflate: false,
+            identity: None,
+            backend_context: None,
         })
         .map_err(|r| {
             tracing::debug!(%ip, code = %r.refusal.code, "pusher http session refused");

@@ -50,7 +50,9 @@ pub async fn open(
 ) -> Response<Body> {
     let id = http_session::HttpSessions::new_id();
     let session =
-        match http_session::connect(shared, &req, ip, app_key, &id, herald_core::Transport::Sse) {
+        match http_session::connect(shared, &req, ip, app_key, &id, herald_core::Transport::Sse)
+            .await
+        {
             Ok(s) => s,
             Err(r) => return r,
         };

@@ -634,7 +634,9 @@ mod tests {
     use super::*;
 
     /// An idle connection costs about the size of its task's future, so keep it small.
-    /// Measured at the time of writing: see the assertion message.
+    /// Measured at the time of writing: see the assertion message. 896 bytes until the
+    /// session took one boxed pointer for what only some apps' connections carry (a
+    /// subscribe proxy's context, a lifecycle record): 912 since, with the padding.
     #[tokio::test]
     async fn session_future_stays_within_its_memory_budget() {
         let node = Node::start(
@@ -654,6 +656,8 @@ mod tests {
                 transport: herald_core::Transport::WebSocket,
                 transport_session: None,
                 deflate: true,
+                identity: None,
+                backend_context: None,
             })
             .unwrap();
         let (io, _peer) = tokio::io::duplex(64);
@@ -666,7 +670,7 @@ mod tests {
         let size = std::mem::size_of_val(&fut);
         eprintln!("serve future: {size} bytes");
         assert!(
-            size <= 900,
+            size <= 912,
             "the per-connection future grew to {size} bytes"
         );
     }

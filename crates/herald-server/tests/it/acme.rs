@@ -25,20 +25,7 @@ use crate::harness::{APP_ID, APP_KEY, HeraldProcess, SECRET, free_port, http};
 const DOMAIN: &str = "herald.test";
 
 fn pebble_available() -> bool {
-    let found = Command::new("pebble")
-        .arg("-h")
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "pebble is not installed (apt-get install pebble)"
-        );
-        eprintln!("skipped: pebble is not installed");
-    }
-    found
+    crate::harness::tool_available("pebble", "-h", "pebble")
 }
 
 /// Kill on drop.

@@ -220,6 +220,7 @@ async fn cluster_wide_presence_webhooks_and_sends(kind: BrokerKind) {
             url: format!("http://{hook_addr}/hook"),
             event_types: Vec::new(),
             channel_prefix: None,
+            include_client_ip: false,
         }];
     })
     .await

@@ -595,6 +595,7 @@ async fn a_failed_presence_subscribe_announces_no_phantom_leave() {
             url: format!("http://{hook}/hook"),
             event_types: Vec::new(),
             channel_prefix: None,
+            include_client_ip: false,
         }];
     })
     .await;

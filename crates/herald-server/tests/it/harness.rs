@@ -400,6 +400,25 @@ impl Client {
     }
 }
 
+/// Whether the program `tool` runs (`tool probe`). Under `CI=true` a missing tool fails
+/// the test; elsewhere the caller skips, with a printed reason naming the Debian `package`.
+pub fn tool_available(tool: &str, probe: &str, package: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg(probe)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is not installed (apt-get install {package})"
+        );
+        eprintln!("skipped: {tool} is not installed (apt-get install {package})");
+    }
+    found
+}
+
 /// A port that was free a moment ago (for processes that cannot report theirs).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

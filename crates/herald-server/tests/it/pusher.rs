@@ -902,6 +902,7 @@ async fn webhooks_are_signed_batched_and_debounced() {
             url: format!("http://{addr}/hook"),
             event_types: Vec::new(),
             channel_prefix: None,
+            include_client_ip: false,
         }];
     })
     .await;
@@ -974,6 +975,7 @@ async fn failed_webhooks_are_retried() {
             url: format!("http://{addr}/hook"),
             event_types: vec!["channel_occupied".into()],
             channel_prefix: None,
+            include_client_ip: false,
         }];
     })
     .await;
