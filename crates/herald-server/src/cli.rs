@@ -11,9 +11,18 @@ use crate::config::{self, ConfigError, Overrides, Validated};
 /// Exit status for invalid configuration or usage (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
 
-/// Herald: a realtime event server (WebSocket, Pusher protocol, SSE, long-polling).
+/// What `herald --help` says first: the product, in its own words.
+const ABOUT: &str = "Herald is a realtime event server: your backend publishes over HTTP, \
+browsers and devices receive in milliseconds over WebSocket (with SSE and long-polling \
+fallbacks), on public, private and presence channels. It speaks the Pusher protocol too, so \
+Laravel Echo and pusher-js work unchanged.";
+
+const AFTER: &str = "Start with no configuration (a development app, on 127.0.0.1:6001):\n  \
+herald serve\n\nDocumentation: README.md and docs/ (configuration.md, operations.md, protocol.md).";
+
+/// Herald: a realtime event server.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about, long_about = None)]
+#[command(name = "herald", version, about = ABOUT, long_about = None, after_help = AFTER)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -24,12 +33,24 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
+    #[command(
+        after_help = "Example:\n  herald serve --config /etc/herald/herald.toml\n  \
+herald serve --listen 0.0.0.0:6001 --admin-listen 127.0.0.1:9601\n\n\
+SIGTERM drains and stops; SIGUSR2 (systemctl reload) restarts with no downtime; SIGHUP reloads the TLS certificate."
+    )]
     Serve(ServeArgs),
     /// Load and validate the configuration, print a summary, and exit (64 if invalid).
+    #[command(after_help = "Example:\n  herald check-config --config /etc/herald/herald.toml")]
     CheckConfig(ConfigArgs),
     /// Mint a connection or subscription token (JWT) for testing.
+    #[command(
+        after_help = "Example:\n  herald token --user ann --channel 'private-orders.*' --info '{\"name\":\"Ann\"}'"
+    )]
     Token(TokenArgs),
     /// Publish an event through a running server's HTTP API.
+    #[command(
+        after_help = "Example:\n  herald publish --channel news --event article.published --data '{\"title\":\"Hello\"}'"
+    )]
     Publish(PublishArgs),
 }
 

@@ -287,6 +287,9 @@ pub struct LogConfig {
     pub level: String,
     /// `text` for people, `json` for log pipelines.
     pub format: LogFormat,
+    /// Colours in text logs: `auto` (only on a terminal, and not when `NO_COLOR` is set),
+    /// `always`, or `never`. Files, pipes, journald and `docker logs` get plain text.
+    pub color: LogColor,
 }
 
 impl Default for LogConfig {
@@ -294,8 +297,21 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::Text,
+            color: LogColor::Auto,
         }
     }
+}
+
+/// When text logs are coloured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    /// On a terminal, unless `NO_COLOR` is set (https://no-color.org).
+    Auto,
+    /// Always, even into a file or a pipe.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// Log line format.

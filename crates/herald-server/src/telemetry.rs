@@ -5,7 +5,20 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogColor, LogConfig, LogFormat};
+
+/// Whether text logs are coloured: `auto` colours only a terminal, and never when
+/// `NO_COLOR` is set to anything (https://no-color.org).
+fn colour(setting: LogColor) -> bool {
+    match setting {
+        LogColor::Always => true,
+        LogColor::Never => false,
+        LogColor::Auto => {
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::IsTerminal::is_terminal(&std::io::stdout())
+        }
+    }
+}
 
 /// Install the global subscriber. Call once, from the binary.
 pub fn init(config: &LogConfig) {
@@ -13,10 +26,9 @@ pub fn init(config: &LogConfig) {
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(&config.level));
-    // Colours only on a terminal: a file, a pipe or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_ansi(colour(config.color))
         .with_target(false);
     let result = match config.format {
         LogFormat::Text => builder.try_init(),

@@ -12,6 +12,12 @@ pub fn run(args: &ConfigArgs) -> ExitCode {
         Err(code) => return code,
     };
     println!("configuration is valid");
+    if !config.ignored_env().is_empty() {
+        println!(
+            "  ignored         {} (environment variables naming no configuration key)",
+            config.ignored_env().join(", ")
+        );
+    }
     println!("  server.listen   {}", config.server.listen);
     if let Some(tls) = &config.server.tls {
         println!(

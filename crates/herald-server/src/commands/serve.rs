@@ -29,6 +29,12 @@ pub fn run(args: &ConfigArgs, overrides: Overrides) -> ExitCode {
         Err(code) => return code,
     };
     crate::telemetry::init(&config.log);
+    if !config.ignored_env().is_empty() {
+        warn!(
+            variables = %config.ignored_env().join(", "),
+            "ignoring HERALD_* environment variables that name no configuration key (a key path has a double underscore: HERALD_SERVER__LISTEN)"
+        );
+    }
     raise_open_file_limit(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -125,10 +125,18 @@ pub fn load(
 
     let mut layered = Vec::new();
     let mut problems = Vec::new();
+    let mut ignored = Vec::new();
     for (name, raw) in &env {
         // Not configuration: the file's name, and the mark of a process started by a
         // handover (`crate::handover::ENV`).
         if name == "HERALD_CONFIG" || name == crate::handover::ENV {
+            continue;
+        }
+        // Every key lives in a section, so a key path has a `__`. A name without one
+        // (`HERALD_PORT`, `HERALD_SERVICE_HOST`: Kubernetes service links; `HERALD_BIN`)
+        // names no key: it is ignored, and named in one warning.
+        if !name.contains("__") {
+            ignored.push(name.clone());
             continue;
         }
         let path: Vec<String> = name["HERALD_".len()..]
@@ -167,7 +175,10 @@ pub fn load(
     }
 
     let config = deserialize(&mut table, &layered)?;
-    config.validate().map_err(ConfigError::Invalid)
+    let mut validated = config.validate().map_err(ConfigError::Invalid)?;
+    ignored.sort();
+    validated.ignored_env = ignored;
+    Ok(validated)
 }
 
 /// Deserialise, retrying environment values as strings where a string was wanted.
@@ -392,6 +403,30 @@ mod tests {
             "https://acme-staging-v02.api.letsencrypt.org/directory"
         );
         assert!(c.tls_key.is_none());
+    }
+
+    #[test]
+    fn variables_without_a_key_path_are_ignored_by_name() {
+        let c = load(
+            None,
+            env(&[
+                ("HERALD_PORT", "tcp://10.0.0.1:6001"),
+                ("HERALD_BIN", "/usr/bin/herald"),
+                ("HERALD_SERVER__LISTEN", "127.0.0.1:7100"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 7100);
+        assert_eq!(c.ignored_env(), ["HERALD_BIN", "HERALD_PORT"]);
+        let err = load(
+            None,
+            env(&[("HERALD_SERVER__LISTN", "x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listn"), "{err}");
     }
 
     #[test]

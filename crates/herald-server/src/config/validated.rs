@@ -26,6 +26,9 @@ pub struct Validated {
     pub(crate) redis_ca: Option<Vec<u8>>,
     /// Every app's webhook endpoints, parsed, by app id, in configuration order.
     pub(crate) webhooks: HashMap<String, Vec<WebhookTarget>>,
+    /// `HERALD_*` environment variables that name no key path and were ignored (names
+    /// only), for the one warning at start.
+    pub(crate) ignored_env: Vec<String>,
 }
 
 impl Validated {
@@ -40,7 +43,14 @@ impl Validated {
             tls_key,
             redis_ca,
             webhooks,
+            ignored_env: Vec::new(),
         }
+    }
+
+    /// `HERALD_*` environment variables that were ignored because they name no key path
+    /// (`HERALD_PORT` from a Kubernetes service link, say). Names only, never values.
+    pub fn ignored_env(&self) -> &[String] {
+        &self.ignored_env
     }
 
     /// The configuration.

@@ -339,3 +339,169 @@ async fn systemd_hears_ready_once_the_listeners_are_bound_and_stopping_when_the_
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Kubernetes injects service-link variables (`HERALD_PORT`, `HERALD_SERVICE_HOST`, …) into
+/// every pod for a Service named `herald`; they name no configuration key and must not stop
+/// Herald. The server starts, says once which it ignored (names, never values), and its log
+/// through a pipe carries no colour escape.
+#[test]
+fn kubernetes_service_links_are_ignored_and_a_piped_log_has_no_colour() {
+    let (port, admin) = (free_port(), free_port());
+    let mut child = herald()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .env("HERALD_PORT", "tcp://10.0.0.1:6001")
+        .env("HERALD_SERVICE_HOST", "10.0.0.1")
+        .env("HERALD_SERVICE_PORT", "6001")
+        .env("HERALD_PORT_6001_TCP", "tcp://10.0.0.1:6001")
+        .env("HERALD_PORT_6001_TCP_PROTO", "tcp")
+        .env("HERALD_PORT_6001_TCP_PORT", "6001")
+        .env("HERALD_PORT_6001_TCP_ADDR", "10.0.0.1")
+        .env("HERALD_BIN", "/secret/path/to/herald")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    while let Some(Ok(line)) = lines.next() {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("herald listening") {
+            break;
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(
+        seen.contains("herald listening"),
+        "the server started:\n{seen}"
+    );
+    let warning = seen
+        .lines()
+        .find(|l| l.contains("ignoring HERALD_* environment variables"))
+        .unwrap_or_else(|| panic!("one warning names them:\n{seen}"));
+    for name in [
+        "HERALD_BIN",
+        "HERALD_PORT",
+        "HERALD_SERVICE_HOST",
+        "HERALD_PORT_6001_TCP_ADDR",
+    ] {
+        assert!(warning.contains(name), "{name} in {warning}");
+    }
+    assert!(
+        !warning.contains("10.0.0.1") && !warning.contains("/secret/"),
+        "never values: {warning}"
+    );
+    assert_eq!(
+        seen.lines()
+            .filter(|l| l.contains("ignoring HERALD_*"))
+            .count(),
+        1
+    );
+    assert!(
+        !seen.contains('\x1b'),
+        "no escape byte in a piped log:\n{seen:?}"
+    );
+}
+
+/// A variable that looks like a key path (it has `__`) but names no key still fails, as does
+/// one that names a key with an invalid value: exit 64, naming the variable.
+#[test]
+fn a_misspelt_key_path_in_the_environment_still_fails() {
+    for (name, value, expect) in [
+        ("HERALD_SERVER__LISTN", "0.0.0.0:6001", "listn"),
+        (
+            "HERALD_SERVER__LISTEN",
+            "not-an-address",
+            "HERALD_SERVER__LISTEN",
+        ),
+    ] {
+        let out = herald()
+            .args(["check-config"])
+            .env(name, value)
+            .env("HERALD_PORT", "tcp://10.0.0.1:6001")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{name}: {err}");
+    }
+    let out = herald()
+        .args(["check-config"])
+        .env("HERALD_PORT", "tcp://10.0.0.1:6001")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ignored") && text.contains("HERALD_PORT"),
+        "{text}"
+    );
+}
+
+/// `log.color`: `always` colours even a pipe; `NO_COLOR` turns `auto` off.
+#[test]
+fn log_colour_follows_the_setting_and_no_color() {
+    let run = |color: &str, no_color: bool| {
+        let (port, admin) = (free_port(), free_port());
+        let mut cmd = herald();
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .env("HERALD_LOG__COLOR", color)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        } else {
+            cmd.env_remove("NO_COLOR");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = String::new();
+        while let Some(Ok(line)) = lines.next() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("herald listening") {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        seen
+    };
+    assert!(
+        run("always", false).contains('\x1b'),
+        "always colours a pipe"
+    );
+    assert!(!run("auto", true).contains('\x1b'));
+    assert!(!run("never", false).contains('\x1b'));
+}
+
+/// The first lines a user sees describe the product, and each subcommand shows an example.
+#[test]
+fn help_speaks_of_the_product_with_an_example_per_subcommand() {
+    let out = herald().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("Herald is a realtime event server"),
+        "{text}"
+    );
+    assert!(!text.contains("The herald binary: transports"), "{text}");
+    for (sub, example) in [
+        ("serve", "herald serve --config /etc/herald/herald.toml"),
+        ("check-config", "herald check-config --config"),
+        ("token", "herald token --user"),
+        ("publish", "herald publish --channel"),
+    ] {
+        let out = herald().args([sub, "--help"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Example:") && text.contains(example),
+            "{sub}:\n{text}"
+        );
+    }
+}
