@@ -78,14 +78,14 @@ export async function startHerald(toml = appToml()) {
     adminPort,
     url: `http://127.0.0.1:${port}`,
     async stop() {
-      if (proc.exitCode === null) {
+      if (proc.exitCode === null && proc.signalCode === null) {
         proc.kill('SIGTERM');
         await new Promise((r) => proc.once('exit', r));
       }
     },
     /** SIGKILL: the node dies without cleaning up, as in a crash. */
     async kill() {
-      if (proc.exitCode === null) {
+      if (proc.exitCode === null && proc.signalCode === null) {
         proc.kill('SIGKILL');
         await new Promise((r) => proc.once('exit', r));
       }
